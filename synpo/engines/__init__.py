@@ -1,0 +1,37 @@
+"""Generation engines behind one interface (see base.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from synpo.engines.base import Completion, Engine, Request, Sampling, generate_sharded
+from synpo.recipe import EngineConfig
+
+__all__ = ["Completion", "Engine", "Request", "Sampling", "generate_sharded", "make_engine", "model_ref"]
+
+
+def model_ref(path: str | Path) -> tuple[str, str | None]:
+    """(base model, adapter or None) for a directory saved by synpo's trainers, or a plain model."""
+    meta = Path(path) / "synpo_model.json"
+    if meta.exists():
+        return json.loads(meta.read_text())["base"], str(path)
+    return str(path), None
+
+
+def make_engine(cfg: EngineConfig, model: str | Path, *, dtype: str = "auto", trust_remote_code: bool = False,
+                seed: int = 0) -> Engine:
+    base, adapter = model_ref(model)
+    if cfg.kind == "hf":
+        from synpo.engines.hf import HFEngine
+
+        return HFEngine(base, adapter=adapter, dtype=dtype, batch_size=cfg.batch_size,
+                        trust_remote_code=trust_remote_code)
+    if cfg.kind == "vllm":
+        from synpo.engines.vllm import VLLMEngine
+
+        return VLLMEngine(base, adapter=adapter, cfg=cfg, dtype=dtype, trust_remote_code=trust_remote_code,
+                          seed=seed)
+    from synpo.engines.openai import OpenAIEngine
+
+    return OpenAIEngine(cfg, model=str(model))

@@ -1,0 +1,75 @@
+"""Loading models and tokenizers from local directories or hub ids, with clear errors.
+
+safetensors only; `trust_remote_code` is off unless the caller (the recipe) turns it on.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from synpo.errors import UserError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def check_model_path(path: str) -> None:
+    """Raise UserError unless `path` is a model directory or something shaped like a hub id."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise UserError(f"{path}: not a model directory (no config.json); point to a saved Hugging Face model")
+        return
+    if p.exists():
+        raise UserError(f"{path}: is a file, not a model directory")
+    if not _HUB_ID.match(path) or path.startswith((".", "/", "~")):
+        raise UserError(f"{path}: model path does not exist")
+
+
+def _from_pretrained(loader, path: str, what: str, **kwargs):
+    check_model_path(path)
+    try:
+        return loader(str(Path(path).expanduser()) if Path(path).expanduser().is_dir() else path, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: could not load {what}: {first}") from None
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, chat_template: str | None = None):
+    from transformers import AutoTokenizer
+
+    tok = _from_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=trust_remote_code)
+    if chat_template:
+        tok.chat_template = Path(chat_template).read_text() if Path(chat_template).is_file() else chat_template
+    if tok.chat_template is None:
+        raise UserError(f"{path}: the tokenizer has no chat template; set model.chat_template in the recipe")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[name]
+
+
+def load_causal_lm(path: str, *, dtype: str = "auto", adapter: str | None = None, device: str = "cpu",
+                   trust_remote_code: bool = False, quantization: str | None = None):
+    """A causal LM ready for inference or training; a PEFT adapter, if given, merged in."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = dict(dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True)
+    if quantization:
+        from synpo.training.quantization import bnb_config
+
+        kwargs.update(quantization_config=bnb_config(quantization), device_map={"": device})
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, path, "model", **kwargs)
+    if not quantization:
+        model.to(device)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return model

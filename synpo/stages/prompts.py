@@ -1,0 +1,172 @@
+"""The self-prompt generator G: its training data, its training, and the prompts it writes.
+
+Training data (once): for each seed prompt x*_i, 2 of its content keywords plus 1 keyword of
+another seed prompt x*_j (noise), shuffled, fill the question-generation template; the
+target is `<question>x*_i</question>\n<solution>y*_i</solution>`. G is fine-tuned from θ0.
+
+Each round: keyword triples come from corpus paragraphs (3 keywords of one paragraph); G
+samples a question for each; the text inside <question> is kept unless it is unparseable,
+empty, over-long, a task the scorer cannot judge, a duplicate (exact or normalised) of a
+seed prompt or an earlier round's prompt, or contaminated by an evaluation set.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+from synpo.data.keywords import corpus_keywords, seed_keywords
+from synpo.data.loaders import iter_corpus
+from synpo.engines import Request, Sampling, generate_sharded, make_engine
+from synpo.errors import UserError
+from synpo.io import read_jsonl, write_json, write_jsonl
+from synpo.prompts import render
+from synpo.recipe import Recipe
+
+QUESTION = re.compile(r"^\s*<question>(.*)$", re.S)
+
+
+def generator_training_rows(seed_rows: list[dict], k: int, noise: int, rng: random.Random) -> list[dict]:
+    """Keyword -> question/solution SFT rows from the seed set (conversational prompt/completion)."""
+    rows = []
+    for _i, row in enumerate(seed_rows):
+        other = seed_rows[rng.randrange(len(seed_rows) - 1)] if len(seed_rows) > 1 else row
+        other = seed_rows[-1] if other is row else other  # never the prompt itself
+        keywords = seed_keywords(row["prompt"], other["prompt"], rng, k=k, noise=noise)
+        if keywords is None:
+            continue
+        rows.append({
+            "id": row["id"],
+            "prompt": [{"role": "user", "content": render("question_generation", keywords=", ".join(keywords))}],
+            "completion": [{"role": "assistant",
+                            "content": render("question_target", question=row["prompt"], solution=row["response"])}],
+            "keywords": keywords,
+        })
+    return rows
+
+
+def keyword_triples(recipe: Recipe, n: int, rng: random.Random, skip: int) -> list[list[str]]:
+    """n keyword triples (3 keywords of one paragraph each), from consecutive corpus paragraphs
+    after the first `skip` (earlier rounds' share); a corpus too small is read round again."""
+    triples: list[list[str]] = []
+    for attempt in range(2 + n):
+        found = False
+        for position, paragraph in enumerate(iter_corpus(recipe.data.corpus)):
+            if attempt == 0 and position < skip:
+                continue
+            keywords = corpus_keywords(paragraph, rng, k=3)
+            if keywords:
+                found = True
+                triples.append(keywords)
+                if len(triples) == n:
+                    return triples
+        if not found and attempt > 0:
+            break
+    raise UserError(f"{recipe.data.corpus.path}: no paragraph has 3 content keywords to build prompts from")
+
+
+def normalise(prompt: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", prompt.lower()).split())
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = normalise(text).split()
+    n = min(n, len(words))
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)} if words else set()
+
+
+class Contamination:
+    """n-gram overlap with evaluation prompts.
+
+    A prompt of n or more words is contaminated when more than `threshold` of its word
+    n-grams occur in an evaluation prompt; a shorter one when it equals an evaluation prompt
+    (after normalisation).
+    """
+
+    def __init__(self, eval_prompts: list[str], n: int, threshold: float):
+        self.n, self.threshold = n, threshold
+        self.whole = {normalise(p) for p in eval_prompts}
+        self.index = set().union(*(ngrams(p, n) for p in eval_prompts)) if eval_prompts else set()
+
+    def __call__(self, prompt: str) -> bool:
+        key = normalise(prompt)
+        if key in self.whole:
+            return True
+        if len(key.split()) < self.n:
+            return False
+        grams = ngrams(prompt, self.n)
+        return sum(g in self.index for g in grams) / len(grams) > self.threshold
+
+
+def filter_prompts(completions, triples, *, max_chars: int, seen: set[str], valid,
+                   contaminated) -> tuple[list, Counter]:
+    """Kept (prompt, keywords) pairs and a Counter of drop reasons. `seen` is updated."""
+    kept, dropped = [], Counter()
+    parsed = []
+    for completion, keywords in zip(completions, triples, strict=True):
+        m = QUESTION.match(completion.text)
+        if completion.finish_reasons[0] != "stop" or not m:
+            dropped["unparseable"] += 1
+            continue
+        question = m.group(1).strip()
+        if not question:
+            dropped["empty"] += 1
+        elif len(question) > max_chars:
+            dropped["too_long"] += 1
+        else:
+            parsed.append((question, keywords))
+    validity = valid([q for q, _ in parsed]) if parsed else []
+    for (question, keywords), ok in zip(parsed, validity, strict=False):
+        key = normalise(question)
+        if not ok:
+            dropped["invalid"] += 1
+        elif question in seen or key in seen:
+            dropped["duplicate"] += 1
+        elif contaminated(question):
+            dropped["contaminated"] += 1
+        else:
+            seen.update((question, key))
+            kept.append((question, keywords))
+    return kept, dropped
+
+
+def generate_prompts(recipe: Recipe, generator_dir: Path, t: int, out: Path, earlier: list[Path],
+                     eval_prompts: list[str], seed_prompts: list[str], work: Path, scorer) -> dict:
+    """Round t's prompts.jsonl, with a stats file beside it."""
+    cfg = recipe.prompt_generator
+    rng = random.Random(f"{recipe.seed}:prompts:{t}")
+    triples = keyword_triples(recipe, cfg.num_prompts, rng, skip=(t - 1) * cfg.num_prompts)
+    requests = [Request(f"r{t}-q{i:06d}", [{"role": "user",
+                                            "content": render("question_generation", keywords=", ".join(kw))}])
+                for i, kw in enumerate(triples)]
+    sampling = Sampling(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
+                        max_new_tokens=cfg.sampling.max_new_tokens, seed=rng.randrange(2**31),
+                        stop=["</question>"])
+    engine = make_engine(recipe.engine_for("prompt_generator"), generator_dir, dtype=recipe.model.dtype,
+                         trust_remote_code=recipe.model.trust_remote_code, seed=recipe.seed)
+    try:
+        completions = generate_sharded(engine, requests, sampling, work / "shards",
+                                       shard_size=recipe.engine_for("prompt_generator").shard_size,
+                                       desc=f"round {t}: prompts")
+    finally:
+        engine.close()
+
+    seen = set(seed_prompts) | {normalise(p) for p in seed_prompts}
+    for path in earlier:
+        for row in read_jsonl(path):
+            seen.update((row["prompt"], normalise(row["prompt"])))
+    contaminated = Contamination(eval_prompts, cfg.decontaminate_ngram, cfg.decontaminate_threshold)
+    valid = scorer.valid if cfg.validate_prompts else (lambda ps: [True] * len(ps))
+    kept, dropped = filter_prompts(completions, triples, max_chars=cfg.max_prompt_chars, seen=seen,
+                                   valid=valid, contaminated=contaminated)
+    provenance = {"round": t, "stage": "prompts", "model": "prompt_generator",
+                  "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
+                               "max_new_tokens": sampling.max_new_tokens}}
+    rows = [{"id": f"r{t}-p{i:06d}", "prompt": q, "keywords": kw, **provenance} for i, (q, kw) in enumerate(kept)]
+    stats = {"generated": len(requests), "kept": len(rows), "dropped": dict(sorted(dropped.items()))}
+    write_json(out.with_name("prompts_stats.json"), stats)
+    write_jsonl(out, rows)
+    return {"generated": len(requests), "kept": len(rows),
+            **{f"dropped_{k}": v for k, v in sorted(dropped.items())}}

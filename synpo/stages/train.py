@@ -1,0 +1,104 @@
+"""Training stages: G and R_t (SFT), θ_t (DPO / SimPO) — how each job is launched.
+
+The job itself is `synpo.training.trainers.train(spec)`. Here we decide where it runs:
+in this process (CPU default), as a child process (`runtime.isolate`, so a GPU's memory is
+returned when it exits), or under `accelerate launch` when the train section names an
+accelerate config or several processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from synpo.errors import UserError
+from synpo.io import write_jsonl
+from synpo.recipe import Recipe, TrainConfig, resolve_path
+
+
+def should_isolate(recipe: Recipe) -> bool:
+    if recipe.runtime.isolate != "auto":
+        return recipe.runtime.isolate == "always"
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _die_with_parent() -> None:
+    """Child processes die when synpo dies (Linux), so a killed run leaves no writer behind."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_child(cmd: list[str], log_path: Path, env: dict | None = None) -> None:
+    """Run a child process, teeing its output to log_path; raise on failure with the log's tail."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})}, preexec_fn=_die_with_parent)
+        for line in proc.stdout:
+            log_file.write(line)
+            if os.environ.get("SYNPO_QUIET") != "1":
+                sys.stderr.buffer.write(line)
+                sys.stderr.flush()
+        code = proc.wait()
+    if code != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {code}); log: {log_path}\n" + "\n".join(tail))
+
+
+def launch_training(recipe: Recipe, cfg: TrainConfig, spec: dict, logs: Path) -> dict:
+    spec = {**spec, "train": cfg.model_dump(mode="json"), "dtype": recipe.model.dtype,
+            "trust_remote_code": recipe.model.trust_remote_code, "chat_template": recipe.model.chat_template,
+            "threads": recipe.runtime.threads}
+    spec_path = Path(spec["work_dir"]) / "spec.json"
+    spec_path.write_text(json.dumps(spec, indent=2))
+    module = [sys.executable, "-m", "synpo.training.launch", str(spec_path)]
+    if cfg.accelerate_config or (cfg.num_processes or 1) > 1:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+        if cfg.accelerate_config:
+            cmd += ["--config_file", resolve_path(cfg.accelerate_config)]
+        if cfg.num_processes:
+            cmd += ["--num_processes", str(cfg.num_processes)]
+            import torch
+
+            if not torch.cuda.is_available() and not cfg.accelerate_config:
+                cmd += ["--multi_gpu"]  # on CPU: gloo DDP; `--cpu` would silently start one process
+        run_child(cmd + ["-m", "synpo.training.launch", str(spec_path)], logs,
+                  env={"OMP_NUM_THREADS": str(recipe.runtime.threads or 1)})
+    elif should_isolate(recipe):
+        run_child(module, logs)
+    else:
+        from synpo.training.trainers import train
+
+        return train(spec)
+    return json.loads((Path(spec["output"]) / "train_metrics.json").read_text())
+
+
+def sft_stage(recipe: Recipe, cfg: TrainConfig, rows: list[dict], output: Path, work: Path, seed: int,
+              logs: Path) -> dict:
+    """Fine-tune θ0 on prompt/completion rows; the output is an adapter (LoRA) or a model."""
+    if not rows:
+        raise UserError(f"{output.name}: no training rows (check the seed set and the gap thresholds)")
+    data = work / "train.jsonl"
+    write_jsonl(data, rows)
+    spec = {"kind": "sft", "model": resolve_path(recipe.model.path), "data": str(data), "output": str(output),
+            "work_dir": str(work), "seed": seed, "merge": False}
+    metrics = launch_training(recipe, cfg, spec, logs)
+    return {"rows": len(rows), **metrics}
+
+
+def policy_stage(recipe: Recipe, dataset: Path, start: str, output: Path, work: Path, seed: int, logs: Path) -> dict:
+    """θ_t by DPO / SimPO on D, from θ0 or θ_{t-1}; saved merged."""
+    spec = {"kind": "preference", "model": start, "data": str(dataset), "output": str(output),
+            "work_dir": str(work), "seed": seed, "merge": True}
+    metrics = launch_training(recipe, recipe.train, spec, logs)
+    return metrics

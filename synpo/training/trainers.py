@@ -1,0 +1,147 @@
+"""Training with TRL: SFT for the prompt generator and the improver, DPO or SimPO for the policy.
+
+A training job is described by a JSON-able `spec` (model path, data file, the recipe's train
+section, output directory, seed) so the same function runs in-process, as a child process,
+or under `accelerate launch` (see `synpo.training.launch`). This module only wires recipes
+to TRL/PEFT: the losses are TRL's, LoRA is PEFT's. What TRL lacks lives beside it:
+PeriodicLoRA (`periodic_lora.py`), merging (`merge.py`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from synpo.recipe import PolicyTrainConfig, TrainConfig
+
+
+def _device_is_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _common_args(cfg: TrainConfig, out_dir: str, seed: int, dtype: str) -> dict:
+    cuda = _device_is_cuda()
+    checkpoints = cfg.checkpoint_steps is not None
+    return dict(
+        output_dir=out_dir,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        warmup_steps=cfg.warmup_ratio if cfg.warmup_ratio < 1 else int(cfg.warmup_ratio),
+        lr_scheduler_type=cfg.scheduler,
+        weight_decay=cfg.weight_decay,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=not cuda,
+        bf16=cuda and dtype in ("bfloat16", "auto"),
+        fp16=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=10,
+        save_strategy="steps" if checkpoints else "no",
+        save_steps=cfg.checkpoint_steps or 500,
+        save_total_limit=2,
+        save_only_model=False,
+        report_to=[],
+        disable_tqdm=os.environ.get("SYNPO_QUIET") == "1",
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+    )
+
+
+def _prepare_model(spec: dict, cfg: TrainConfig):
+    """θ (from spec["model"]) wrapped for training: full, or with a fresh LoRA adapter."""
+    from synpo.models import load_causal_lm
+
+    device = "cuda" if _device_is_cuda() else "cpu"
+    if cfg.quantization:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    model = load_causal_lm(spec["model"], dtype=spec.get("dtype", "auto"), device=device,
+                           trust_remote_code=spec.get("trust_remote_code", False), quantization=cfg.quantization)
+    if cfg.adapter == "full":
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.quantization:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def _callbacks(cfg: TrainConfig, model) -> list:
+    if cfg.adapter != "periodic_lora":
+        return []
+    from synpo.training.periodic_lora import PeriodicLoRACallback
+
+    return [PeriodicLoRACallback(model, stage_steps=cfg.periodic.stage_steps, stages=cfg.periodic.stages,
+                                 momentum=cfg.periodic.momentum, restart_warmup=cfg.periodic.restart_warmup)]
+
+
+def _resume_checkpoint(out_dir: str) -> str | None:
+    """The newest complete Trainer checkpoint in out_dir (trainer_state.json is written last)."""
+    ckpts = sorted(Path(out_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    complete = [c for c in ckpts if (c / "trainer_state.json").exists()]
+    return str(complete[-1]) if complete else None
+
+
+def train(spec: dict) -> dict:
+    """Run one training job described by `spec`; returns its metrics. See module docstring."""
+    import torch
+    from datasets import Dataset
+
+    from synpo.io import read_jsonl
+    from synpo.models import load_tokenizer
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    kind = spec["kind"]  # "sft" or "preference"
+    cfg = (PolicyTrainConfig if kind == "preference" else TrainConfig).model_validate(spec["train"])
+    tokenizer = load_tokenizer(spec["model"], trust_remote_code=spec.get("trust_remote_code", False),
+                               chat_template=spec.get("chat_template"))
+    model = _prepare_model(spec, cfg)
+    rows = read_jsonl(spec["data"])
+    data = Dataset.from_list([{k: r[k] for k in (("prompt", "completion") if kind == "sft"
+                                                 else ("prompt", "chosen", "rejected"))} for r in rows])
+    trainer_dir = str(Path(spec["work_dir"]) / "trainer")
+    args = _common_args(cfg, trainer_dir, spec["seed"], spec.get("dtype", "auto"))
+    callbacks = _callbacks(cfg, model)
+
+    if kind == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        trainer = SFTTrainer(model=model, args=SFTConfig(**args, max_length=cfg.max_length),
+                             train_dataset=data, processing_class=tokenizer, callbacks=callbacks)
+    elif cfg.loss == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        loss_type, weights = ["sigmoid"], None
+        if cfg.nll_weight > 0:
+            loss_type, weights = ["sigmoid", "sft"], [1.0, cfg.nll_weight]
+        dpo_args = DPOConfig(**args, max_length=cfg.max_length, beta=cfg.beta, loss_type=loss_type,
+                             loss_weights=weights,
+                             # PeriodicLoRA folds move the base, i.e. the adapter-off reference:
+                             # freeze the reference by computing its log-probs before training.
+                             precompute_ref_log_probs=cfg.adapter == "periodic_lora")
+        trainer = DPOTrainer(model=model, args=dpo_args, train_dataset=data, processing_class=tokenizer,
+                             callbacks=callbacks)
+    else:
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        cpo_args = CPOConfig(**args, max_length=cfg.max_length, beta=cfg.beta, loss_type="simpo",
+                             simpo_gamma=cfg.gamma, cpo_alpha=cfg.nll_weight, remove_unused_columns=False)
+        trainer = CPOTrainer(model=model, args=cpo_args, train_dataset=data, processing_class=tokenizer,
+                             callbacks=callbacks)
+
+    result = trainer.train(resume_from_checkpoint=_resume_checkpoint(trainer_dir))
+    metrics = {"train_loss": round(result.training_loss, 4), "steps": result.global_step}
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    if history:
+        metrics["final_loss"] = round(history[-1]["loss"], 4)
+    from synpo.training.merge import save_trained
+
+    save_trained(trainer, tokenizer, spec, merge=spec.get("merge", kind == "preference"), metrics=metrics)
+    return metrics
