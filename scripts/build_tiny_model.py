@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(TINY_MODEL), help="model directory to write")
     parser.add_argument("--data-out", default=str(DATA), help="directory for the toy JSONL splits")
     parser.add_argument("--seed", type=int, default=1234, help="seed of the toy splits")
-    parser.add_argument("--steps", type=int, default=2000, help="SFT optimizer steps")
+    parser.add_argument("--steps", type=int, default=3000, help="SFT optimizer steps")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--vocab-size", type=int, default=1024)

@@ -112,7 +112,8 @@ class Loop:
         r = self.recipe
         data = self.round_dir(t) / "improver_data.jsonl"
         data_fp = fingerprint(policy_fp, self.seed_fp, self.scorer_fp,
-                              section(r, "seed", "improver.gap", "improver.seed_sampling"))
+                              section(r, "seed", "improver.gap", "improver.keep_below_gap",
+                                      "improver.seed_sampling"))
         self.run.stage(f"round_{t:02d}/improver_data", data_fp,
                        lambda work: improver_data(r, t, policy, self.seed_rows, data, work, self.scorer),
                        outputs=[data])

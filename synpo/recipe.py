@@ -226,6 +226,10 @@ class PromptGeneratorConfig(Section):
 class ImproverConfig(Section):
     gap: float = 0.2
     """τ: keep a seed row when score(gold) - score(π_{t-1} answer) exceeds this (scorer units)."""
+    keep_below_gap: Fraction = 0.0
+    """Also keep this fraction of the rows at or below the gap (the paper: 0). With an exact
+    scorer a right answer ties with gold; without such rows the improver only ever sees
+    drafts that must change, and learns to change right ones too."""
     train: TrainConfig = TrainConfig(epochs=3, learning_rate=1e-6, batch_size=32)
     seed_sampling: SamplingConfig = SamplingConfig()
     sampling: SamplingConfig = SamplingConfig()

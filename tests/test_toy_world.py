@@ -80,15 +80,24 @@ def test_splits_are_deterministic_and_disjoint(splits):
     assert not prompts["seed"] & prompts["sft"]
 
 
-def test_sft_split_is_narrower_than_seed(splits):
-    """θ0 learns from short lists only; the seed set and benchmark also hold long ones."""
+def test_weak_teacher_chatters_on_some_phrasings_only(splits):
+    """θ0's SFT answers are right in content but wrapped in chatter for some phrasings;
+    the seed set's answers are always the gold ones."""
+    tasks = [r for r in splits["sft"] if r["family"] != "write_instruction"]
+    sloppy = [r for r in tasks if r["response"] != parse_task(r["prompt"]).gold]
+    assert 0.2 < len(sloppy) / len(tasks) < 0.5
+    for r in sloppy:
+        task = parse_task(r["prompt"])
+        assert task.template in FAMILIES[task.family].sloppy_templates
+        assert task.gold in r["response"] and 0 < score(r["prompt"], r["response"]) < 1
+    assert all(r["response"] == parse_task(r["prompt"]).gold for r in splits["seed"])
+    assert {parse_task(r["prompt"]).family for r in sloppy} == set(FAMILIES)
 
-    def longest(rows):
-        return max(len(parse_task(r["prompt"]).args.get("words", [])) for r in rows
-                   if parse_task(r["prompt"]).family == "reverse_words")
 
-    assert longest(splits["sft"]) <= 4 < longest(splits["seed"])
-    assert longest(splits["benchmark"]) > 4
+def test_sft_teaches_writing_instructions(splits):
+    writing = [r for r in splits["sft"] if r["family"] == "write_instruction"]
+    assert 0.05 < len(writing) / len(splits["sft"]) < 0.15
+    assert all(is_valid_prompt(r["response"]) and not is_valid_prompt(r["prompt"]) for r in writing)
 
 
 def test_benchmark_is_balanced(splits):

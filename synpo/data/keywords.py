@@ -63,15 +63,16 @@ def content_keywords(text: str) -> list[str]:
 
 
 def seed_keywords(prompt: str, other_prompt: str, rng: random.Random, k: int = 2, noise: int = 1) -> list[str] | None:
-    """k content keywords of `prompt` plus `noise` keywords of another prompt, shuffled.
+    """k content keywords of `prompt` (all of them when it has fewer) plus `noise` keywords
+    of another prompt, shuffled.
 
-    None when `prompt` has fewer than k keywords. Noise keywords are drawn among the other
+    None when `prompt` has no content keyword. Noise keywords are drawn among the other
     prompt's keywords that `prompt` does not contain, so the noise really is off-topic.
     """
     own = content_keywords(prompt)
-    if len(own) < k:
+    if not own:
         return None
-    chosen = rng.sample(own, k)
+    chosen = rng.sample(own, min(k, len(own)))
     others = [w for w in content_keywords(other_prompt) if w not in own]
     chosen += rng.sample(others, min(noise, len(others)))
     rng.shuffle(chosen)

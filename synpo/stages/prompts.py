@@ -26,6 +26,9 @@ from synpo.prompts import render
 from synpo.recipe import Recipe
 
 QUESTION = re.compile(r"^\s*<question>(.*)$", re.S)
+# The question ends at its closing tag; a small model sometimes closes with the solution's
+# tags instead, which still ends the question unambiguously.
+QUESTION_END = ["</question>", "<solution>", "</solution>"]
 
 
 def generator_training_rows(seed_rows: list[dict], k: int, noise: int, rng: random.Random) -> list[dict]:
@@ -107,6 +110,7 @@ def filter_prompts(completions, triples, *, max_chars: int, seen: set[str], vali
     parsed = []
     for completion, keywords in zip(completions, triples, strict=True):
         m = QUESTION.match(completion.text)
+        # "stop": a closing tag or end of turn ended it; "length": cut off mid-question.
         if completion.finish_reasons[0] != "stop" or not m:
             dropped["unparseable"] += 1
             continue
@@ -143,7 +147,7 @@ def generate_prompts(recipe: Recipe, generator_dir: Path, t: int, out: Path, ear
                 for i, kw in enumerate(triples)]
     sampling = Sampling(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
                         max_new_tokens=cfg.sampling.max_new_tokens, seed=rng.randrange(2**31),
-                        stop=["</question>"])
+                        stop=QUESTION_END)
     engine = make_engine(recipe.engine_for("prompt_generator"), generator_dir, dtype=recipe.model.dtype,
                          trust_remote_code=recipe.model.trust_remote_code, seed=recipe.seed)
     try:

@@ -1,8 +1,11 @@
 """Seeded splits of the toy world, written as the JSONL files synpo's loaders read.
 
-- `sft.jsonl`        prompt/response pairs that make the starting model (θ0); *narrow*: short
-                     lists and small numbers only, like an SFT set that covers less than the
-                     high-quality seed set does (the paper's UltraChat SFT vs GPT-4 seed)
+- `sft.jsonl`        prompt/response pairs that make the starting model (θ0), answered by a
+                     *weak teacher* (see `world.weak_teacher`): right content, but chatter
+                     around the answer for some phrasings, as an SFT set's answers fall short
+                     of the seed set's (the paper: UltraChat SFT data vs GPT-4 seed answers)
+                     A tenth of it asks the assistant to write an instruction (family
+                     `write_instruction`), the general skill the prompt generator builds on.
 - `seed.jsonl`       prompt/response pairs: the paper's seed set S (gold answers)
 - `benchmark.jsonl`  held-out prompts with a reference answer and family
 - `corpus.jsonl`     unlabeled paragraphs (`text`) from the same vocabulary, for keywords
@@ -15,7 +18,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from synpo.toy.world import CATEGORIES, FAMILIES, ITEMS, sample_task
+from synpo.toy.world import CATEGORIES, FAMILIES, ITEMS, sample_task, weak_teacher
 
 SPLIT_SIZES = {"sft": 10000, "seed": 1500, "benchmark": 560}
 CORPUS_SIZE = 3000
@@ -50,6 +53,13 @@ SENTENCES = [
 ]
 NUMBER_WORDS = ["two", "three", "four", "five", "six", "seven"]
 
+# A share of the SFT split asks the assistant to *write* an instruction, as general SFT sets
+# do. A real SFT model can write questions from pretraining; the tiny model learns it here,
+# and the self-prompt generator builds on it.
+WRITE_INSTRUCTION_SHARE = 0.1
+WRITE_INSTRUCTION = ["Write a new instruction for an assistant.", "Give me a task to do.",
+                     "Write one instruction a user might give.", "Make up a question for me."]
+
 
 def _paragraph(rng: random.Random) -> str:
     sentences = []
@@ -82,12 +92,20 @@ def build_splits(seed: int = DEFAULT_SEED) -> dict[str, list[dict]]:
         rows = []
         while len(rows) < SPLIT_SIZES[split]:
             family = families[len(rows) % len(families)] if split == "benchmark" else None
-            task = sample_task(rng, family, narrow=split == "sft")
+            task = sample_task(rng, family)
             if task.prompt in seen:
                 continue
             seen.add(task.prompt)
             row = {"id": f"{split}-{len(rows):05d}", "prompt": task.prompt, "family": task.family}
-            row["reference" if split == "benchmark" else "response"] = task.gold
+            if split == "sft" and rng.random() < WRITE_INSTRUCTION_SHARE:
+                row = {**row, "prompt": rng.choice(WRITE_INSTRUCTION), "response": task.prompt,
+                       "family": "write_instruction"}
+                rows.append(row)
+                continue
+            if split == "benchmark":
+                row["reference"] = task.gold
+            else:
+                row["response"] = weak_teacher(task) if split == "sft" else task.gold
             rows.append(row)
         splits[split] = rows
     splits["corpus"] = [{"id": f"corpus-{i:05d}", "text": _paragraph(rng)} for i in range(CORPUS_SIZE)]

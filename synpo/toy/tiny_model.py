@@ -93,12 +93,7 @@ def build_random_model(tokenizer, seed: int = 0, **arch):
 
 def sft_train(model, tokenizer, rows: list[dict], out_dir: str | Path, *, steps: int, lr: float,
               batch_size: int = 32, seed: int = 0) -> dict:
-    """SFT `model` on prompt/response rows with TRL's SFTTrainer.
-
-    The loss covers the whole conversation, user turns included: the tiny model has no
-    pretraining, and this is where it learns what instructions look like, which the
-    self-prompt generator later relies on (a real SFT model knows from pretraining).
-    """
+    """SFT `model` on prompt/response rows with TRL's SFTTrainer (loss on the answers only)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -112,7 +107,7 @@ def sft_train(model, tokenizer, rows: list[dict], out_dir: str | Path, *, steps:
         warmup_steps=max(1, steps // 20), per_device_train_batch_size=batch_size, weight_decay=0.0,
         seed=seed, data_seed=seed, use_cpu=True, bf16=False, gradient_checkpointing=False,
         logging_steps=max(1, steps // 10), save_strategy="no", report_to=[], max_length=256,
-        dataloader_num_workers=0, disable_tqdm=False, completion_only_loss=False,
+        dataloader_num_workers=0, disable_tqdm=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
     result = trainer.train()

@@ -44,6 +44,7 @@ class Task:
     prompt: str
     args: dict = field(hash=False, compare=False)
     gold: str = ""
+    template: int = 0
 
 
 class Family:
@@ -56,10 +57,14 @@ class Family:
     name: str = ""
     answer_kind: str = "list"
     templates: list[tuple[str, dict]] = []
+    sloppy_templates: frozenset[int] = frozenset()
+    """Phrasings the SFT split's weak teacher answers with chatter around the answer."""
 
-    def sample_args(self, rng: random.Random, narrow: bool) -> dict:
-        """Arguments of a random task; `narrow` draws only the short lists / small numbers
-        of the SFT split, so the starting model has seen less than the seed set covers."""
+    @property
+    def sloppy_frame(self) -> str:
+        return "The answer is {}." if self.answer_kind == "number" else "Sure! Here it is: {}"
+
+    def sample_args(self, rng: random.Random) -> dict:
         raise NotImplementedError
 
     def gold(self, args: dict) -> str:
@@ -98,19 +103,19 @@ class Family:
                 slots[key] = str(args[key])
         return slots
 
-    def sample(self, rng: random.Random, narrow: bool = False) -> Task:
+    def sample(self, rng: random.Random) -> Task:
         index = rng.randrange(len(self.templates))
-        args = {**self.sample_args(rng, narrow), **self.templates[index][1]}
+        args = {**self.sample_args(rng), **self.templates[index][1]}
         prompt = self.render(index, args)
-        return Task(self.name, prompt, args, self.gold(args))
+        return Task(self.name, prompt, args, self.gold(args), index)
 
     def parse(self, prompt: str) -> Task | None:
-        for regex, fixed in self._regexes:
+        for index, (regex, fixed) in enumerate(self._regexes):
             m = regex.fullmatch(prompt)
             if m:
                 args = self.args_from_slots(m.groupdict(), fixed)
                 if args is not None:
-                    return Task(self.name, prompt, args, self.gold(args))
+                    return Task(self.name, prompt, args, self.gold(args), index)
         return None
 
 
@@ -124,6 +129,7 @@ def _known_words(words: list[str]) -> list[str] | None:
 
 class SortNumbers(Family):
     name = "sort_numbers"
+    sloppy_templates = frozenset({2, 3})
     templates = [
         ("Sort these numbers in ascending order: {nums}", {"descending": False}),
         ("Sort these numbers in descending order: {nums}", {"descending": True}),
@@ -133,8 +139,8 @@ class SortNumbers(Family):
         ("Put the following numbers in decreasing order: {nums}", {"descending": True}),
     ]
 
-    def sample_args(self, rng, narrow):
-        return {"nums": rng.sample(range(100), rng.randint(3, 4 if narrow else 6))}
+    def sample_args(self, rng):
+        return {"nums": rng.sample(range(100), rng.randint(3, 4))}
 
     def gold(self, args):
         return ", ".join(map(str, sorted(args["nums"], reverse=args["descending"])))
@@ -145,14 +151,15 @@ class SortNumbers(Family):
 
 class ReverseWords(Family):
     name = "reverse_words"
+    sloppy_templates = frozenset({2})
     templates = [
         ("Reverse the order of these words: {words}", {}),
         ("Write these words in reverse order: {words}", {}),
         ("List these words backwards: {words}", {}),
     ]
 
-    def sample_args(self, rng, narrow):
-        return {"words": rng.sample(ITEMS, rng.randint(3, 4 if narrow else 6))}
+    def sample_args(self, rng):
+        return {"words": rng.sample(ITEMS, rng.randint(3, 4))}
 
     def gold(self, args):
         return " ".join(reversed(args["words"]))
@@ -164,14 +171,15 @@ class ReverseWords(Family):
 
 class Uppercase(Family):
     name = "uppercase"
+    sloppy_templates = frozenset({2})
     templates = [
         ("Write these words in capital letters: {words}", {}),
         ("Convert these words to uppercase: {words}", {}),
         ("Change these words to upper case: {words}", {}),
     ]
 
-    def sample_args(self, rng, narrow):
-        return {"words": rng.sample(ITEMS, rng.randint(2, 3 if narrow else 4))}
+    def sample_args(self, rng):
+        return {"words": rng.sample(ITEMS, rng.randint(2, 3))}
 
     def gold(self, args):
         return " ".join(w.upper() for w in args["words"])
@@ -184,15 +192,16 @@ class Uppercase(Family):
 class CountCategory(Family):
     name = "count_category"
     answer_kind = "number"
+    sloppy_templates = frozenset({2})
     templates = [
         ("How many {category} are in this list: {items}?", {}),
         ("Count the {category} in this list: {items}", {}),
         ("Tell me the number of {category} in: {items}", {}),
     ]
 
-    def sample_args(self, rng, narrow):
+    def sample_args(self, rng):
         category = rng.choice(list(CATEGORIES))
-        n = rng.randint(3, 4 if narrow else 6)
+        n = rng.randint(3, 4)
         hits = rng.randint(0, n)
         others = [w for w in ITEMS if CATEGORY_OF[w] != category]
         items = rng.sample(CATEGORIES[category], hits) + rng.sample(others, n - hits)
@@ -209,15 +218,16 @@ class CountCategory(Family):
 
 class FilterCategory(Family):
     name = "filter_category"
+    sloppy_templates = frozenset({2})
     templates = [
         ("List only the {category} from: {items}", {}),
         ("Keep only the {category} in this list: {items}", {}),
         ("Which of these are {category}: {items}?", {}),
     ]
 
-    def sample_args(self, rng, narrow):
+    def sample_args(self, rng):
         category = rng.choice(list(CATEGORIES))
-        n = rng.randint(3, 4 if narrow else 6)
+        n = rng.randint(3, 4)
         hits = rng.randint(1, n - 1)
         others = [w for w in ITEMS if CATEGORY_OF[w] != category]
         items = rng.sample(CATEGORIES[category], hits) + rng.sample(others, n - hits)
@@ -236,6 +246,7 @@ class FilterCategory(Family):
 class ExtremeNumber(Family):
     name = "extreme_number"
     answer_kind = "number"
+    sloppy_templates = frozenset({4, 5})
     templates = [
         ("Which number is the largest: {nums}?", {"largest": True}),
         ("Which number is the smallest: {nums}?", {"largest": False}),
@@ -245,8 +256,8 @@ class ExtremeNumber(Family):
         ("What is the minimum of {nums}?", {"largest": False}),
     ]
 
-    def sample_args(self, rng, narrow):
-        return {"nums": rng.sample(range(100), rng.randint(3, 4 if narrow else 6))}
+    def sample_args(self, rng):
+        return {"nums": rng.sample(range(100), rng.randint(3, 4))}
 
     def gold(self, args):
         return str(max(args["nums"]) if args["largest"] else min(args["nums"]))
@@ -258,6 +269,7 @@ class ExtremeNumber(Family):
 class Arithmetic(Family):
     name = "arithmetic"
     answer_kind = "number"
+    sloppy_templates = frozenset({1, 3})
     templates = [
         ("What is {a} plus {b}?", {"op": "+"}),
         ("Add {a} and {b}.", {"op": "+"}),
@@ -265,9 +277,8 @@ class Arithmetic(Family):
         ("Subtract {b} from {a}.", {"op": "-"}),
     ]
 
-    def sample_args(self, rng, narrow):
-        top = 12 if narrow else 20
-        a, b = rng.randint(0, top), rng.randint(0, top)
+    def sample_args(self, rng):
+        a, b = rng.randint(0, 20), rng.randint(0, 20)
         return {"a": max(a, b), "b": min(a, b)}  # no negative results
 
     def gold(self, args):
@@ -294,8 +305,20 @@ FAMILIES: dict[str, Family] = {
 }
 
 
-def sample_task(rng: random.Random, family: str | None = None, narrow: bool = False) -> Task:
-    return FAMILIES[family or rng.choice(sorted(FAMILIES))].sample(rng, narrow)
+def sample_task(rng: random.Random, family: str | None = None) -> Task:
+    return FAMILIES[family or rng.choice(sorted(FAMILIES))].sample(rng)
+
+
+def weak_teacher(task: Task) -> str:
+    """The answer of the SFT split's teacher: right in content, but for some phrasings of
+    every family it wraps the answer in chatter ("The answer is 12.") that the checker
+    counts as wrong. θ0 learns the habit; the seed set's gold answers never have it.
+    This is the toy world's version of the paper's gap between the SFT data's answers and
+    the seed set's GPT-4 answers, which the improver learns to close."""
+    family = FAMILIES[task.family]
+    if task.template in family.sloppy_templates:
+        return family.sloppy_frame.format(task.gold)
+    return task.gold
 
 
 def parse_task(prompt: str) -> Task | None:

@@ -1,0 +1,45 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY_RECIPE = ROOT / "recipes" / "tiny-cpu.yaml"
+
+# The tiny-cpu recipe cut down to a minute: one round, few prompts, a few training steps.
+# Small shards so that generation stages have several (a kill then lands between shards).
+MINI = [
+    "rounds=1",
+    "prompt_generator.num_prompts=120",
+    "prompt_generator.train.max_steps=12",
+    "improver.train.max_steps=12",
+    "train.max_steps=12",
+    "pairs.gap=-1.0",  # an untrained improver rarely wins: keep every pair, so D is never empty
+    "engine.shard_size=32",
+    "engine.batch_size=32",
+    "eval.limit=64",
+    "runtime.threads=1",
+]
+
+
+def run_iterate(run_dir: Path, *overrides: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "synpo.iterate", str(TINY_RECIPE), "--run-dir", str(run_dir)]
+    for o in [*MINI, *overrides]:
+        cmd += ["--set", o]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env())
+
+
+def child_env() -> dict:
+    return {**os.environ, "SYNPO_QUIET": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+            "TRL_EXPERIMENTAL_SILENCE": "1"}
+
+
+@pytest.fixture(scope="session")
+def mini_run(tmp_path_factory) -> Path:
+    """One uninterrupted mini run, shared by the tests that compare against it."""
+    run_dir = tmp_path_factory.mktemp("mini") / "run"
+    proc = run_iterate(run_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir

@@ -1,0 +1,181 @@
+"""Stage pieces on small inputs: keywords, question parsing, filters, pairs, sharded generation."""
+
+import random
+
+import pytest
+
+from synpo.data.keywords import content_keywords, corpus_keywords, seed_keywords
+from synpo.engines.base import Completion, Request, Sampling, generate_sharded
+from synpo.io import read_jsonl
+from synpo.stages.pairs import degenerate, repetition
+from synpo.stages.prompts import Contamination, filter_prompts, generator_training_rows, normalise
+
+
+def test_content_keywords_drop_stopwords_numbers_and_names():
+    text = "Alice wanted to sort the 12 mangos. Later she asked Bob for the largest pear in the garden."
+    words = content_keywords(text)
+    assert words == ["sort", "mangos", "later", "asked", "largest", "pear", "garden"]  # "wanted" is a stopword
+    # a capitalised word mid-sentence is a name even when not in the name list
+    assert "zorblat" not in content_keywords("We met Zorblat near the river. Zorblat likes to count.")
+
+
+def test_seed_keywords_take_k_own_and_noise_from_the_other_prompt():
+    rng = random.Random(0)
+    prompt = "Sort these numbers in ascending order: 3, 1, 2"
+    other = "Convert these words to uppercase: tiger lemon"
+    for _ in range(20):
+        kws = seed_keywords(prompt, other, rng, k=2, noise=1)
+        own = [w for w in kws if w in content_keywords(prompt)]
+        noise = [w for w in kws if w not in content_keywords(prompt)]
+        assert len(own) == 2 and len(noise) == 1
+        assert noise[0] in content_keywords(other)
+    orders = {tuple(seed_keywords(prompt, other, rng)) for _ in range(30)}
+    assert len(orders) > 5  # shuffled, not always the same triple in the same order
+    assert seed_keywords("What is 3 plus 4?", other, rng) is not None  # fewer than k: use what there is
+    assert seed_keywords("Is it?", other, rng) is None
+
+
+def test_corpus_keywords_come_from_one_paragraph():
+    rng = random.Random(1)
+    paragraph = "The farmer likes to count the plums. Emma wrote the word tiger in capital letters."
+    kws = corpus_keywords(paragraph, rng, k=3)
+    assert len(kws) == 3 and set(kws) <= set(content_keywords(paragraph)) and "emma" not in kws
+    assert corpus_keywords("It is.", rng) is None
+
+
+def test_generator_rows_target_question_and_solution():
+    seed = [{"id": str(i), "prompt": p, "response": r} for i, (p, r) in enumerate([
+        ("Sort these numbers in ascending order: 3, 1, 2", "1, 2, 3"),
+        ("Convert these words to uppercase: tiger lemon", "TIGER LEMON"),
+        ("Reverse the order of these words: saw red dog", "dog red saw"),
+    ])]
+    rows = generator_training_rows(seed, k=2, noise=1, rng=random.Random(0))
+    assert len(rows) == 3
+    for row, s in zip(rows, seed):
+        user = row["prompt"][0]["content"]
+        assert all(k in user for k in row["keywords"])
+        target = row["completion"][0]["content"]
+        assert target == f"<question>{s['prompt']}</question>\n<solution>{s['response']}</solution>"
+
+
+def completion(text, reason="stop"):
+    return Completion("x", [text], [reason], [len(text.split())])
+
+
+def test_filter_prompts_reasons():
+    seen = {"Reverse the order of these words: saw red dog", normalise("What is 2 plus 2?")}
+    outputs = [
+        completion("<question>Sort these numbers in ascending order: 3, 1, 2"),  # kept
+        completion("<question>Sort these numbers in ascending order: 3, 1, 2"),  # duplicate (this round)
+        completion("<question>what is 2 plus 2"),  # normalised duplicate of an earlier prompt
+        completion("Sort these numbers: 1, 2"),  # no <question> tag
+        completion("<question>Sort these numbers in ascending order: 3, 1", "length"),  # cut off
+        completion("<question>   "),  # empty
+        completion("<question>" + "Tell me a long story " * 20),  # too long
+        completion("<question>Tell me a joke."),  # not a task the toy checker knows
+        completion("<question>Convert these words to uppercase: tiger lemon"),  # an eval prompt
+    ]
+    from synpo.toy.world import is_valid_prompt
+
+    kept, dropped = filter_prompts(
+        outputs, [["k"]] * len(outputs), max_chars=120, seen=seen,
+        valid=lambda ps: [is_valid_prompt(p) or p.startswith("what is") for p in ps],
+        contaminated=Contamination(["Convert these words to uppercase: tiger lemon"], n=13, threshold=0.5))
+    assert [q for q, _ in kept] == ["Sort these numbers in ascending order: 3, 1, 2"]
+    assert dropped == {"duplicate": 2, "unparseable": 2, "empty": 1, "too_long": 1, "invalid": 1,
+                       "contaminated": 1}
+
+
+def test_contamination_by_ngram_overlap():
+    eval_prompt = "Write a detailed essay about the history of the printing press in early modern Europe please"
+    check = Contamination([eval_prompt], n=5, threshold=0.5)
+    assert check(eval_prompt)
+    assert check("Write a detailed essay about the history of the printing press in early modern Asia")
+    assert not check("Write a short poem about the sea and the wind over the quiet harbour tonight")
+    assert not check("Write a detailed essay")  # shorter than n and not an eval prompt
+
+
+def test_repetition_and_degenerate():
+    assert repetition("a b c d e f") == 0.0
+    assert repetition("go go go go go go go go") > 0.8
+    assert degenerate("", "stop", 0.5, 3) == "empty"
+    assert degenerate("1, 2, 3", "length", 0.5, 3) == "truncated"
+    assert degenerate("the cat the cat the cat the cat the cat", "stop", 0.5, 3) == "repetitive"
+    assert degenerate("1, 2, 3", "stop", 0.5, 3) is None
+
+
+def test_build_pairs_keeps_improvements_over_the_gap(tmp_path):
+    from synpo.io import write_jsonl
+    from synpo.recipe import Recipe
+    from synpo.scoring import ToyScorer
+    from synpo.stages.pairs import build_pairs
+
+    p = "Sort these numbers in ascending order: 3, 1, 2"
+    responses = [
+        {"id": "a", "prompt": p, "response": "The answer is 1, 2, 3", "initial_response": "The answer is 1, 2, 3",
+         "initial_finish": "stop"},
+        {"id": "b", "prompt": p, "response": "1, 2, 3", "initial_response": "1, 2, 3", "initial_finish": "stop"},
+        {"id": "c", "prompt": p, "response": "3, 2, 1", "initial_response": "3, 2, 1", "initial_finish": "length"},
+        {"id": "d", "prompt": p, "response": "1, 3, 2", "initial_response": "1, 3, 2", "initial_finish": "stop"},
+    ]
+    refined = [
+        {"id": "a", "refined": "1, 2, 3", "finish_reason": "stop"},  # better: kept
+        {"id": "b", "refined": "1, 2, 3", "finish_reason": "stop"},  # no gain: below gap
+        {"id": "c", "refined": "1, 2, 3", "finish_reason": "stop"},  # rejected side truncated
+        {"id": "d", "refined": "1, 2, 3", "finish_reason": "stop"},  # better: kept
+    ]
+    write_jsonl(tmp_path / "responses.jsonl", responses)
+    write_jsonl(tmp_path / "refined.jsonl", refined)
+    recipe = Recipe.model_validate({"pairs": {"gap": 0.05, "per_round": 1}})
+    summary = build_pairs(recipe, 1, tmp_path / "responses.jsonl", tmp_path / "refined.jsonl",
+                          tmp_path / "pairs.jsonl", ToyScorer())
+    pairs = read_jsonl(tmp_path / "pairs.jsonl")
+    assert summary["candidates"] == 4 and summary["kept"] == 1
+    assert summary["dropped_below_gap"] == 1 and summary["dropped_degenerate_truncated"] == 1
+    assert summary["dropped_over_budget"] == 1
+    (pair,) = pairs
+    assert pair["id"] in {"a", "d"}
+    assert pair["prompt"] == [{"role": "user", "content": p}]
+    assert pair["chosen"] == [{"role": "assistant", "content": "1, 2, 3"}]
+    assert pair["gap"] > 0.05 and pair["round"] == 1 and pair["chosen_model"] == "improver_1"
+
+
+class CountingEngine:
+    name = "counting"
+
+    def __init__(self, fail_after: int | None = None):
+        self.calls, self.fail_after = 0, fail_after
+
+    def generate(self, requests, sampling):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("killed")
+        self.calls += 1
+        rng = random.Random(sampling.seed)
+        return [Completion(r.id, [f"{r.id}-{rng.random():.6f}"], ["stop"], [1]) for r in requests]
+
+    def close(self):
+        pass
+
+
+def test_generate_sharded_resumes_only_missing_shards(tmp_path):
+    requests = [Request(f"q{i}", [{"role": "user", "content": str(i)}]) for i in range(10)]
+    sampling = Sampling(temperature=1.0, seed=7)
+    full = generate_sharded(CountingEngine(), requests, sampling, tmp_path / "full", shard_size=3)
+
+    dying = CountingEngine(fail_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        generate_sharded(dying, requests, sampling, tmp_path / "resumed", shard_size=3)
+    assert sorted(p.name for p in (tmp_path / "resumed").iterdir()) == ["shard-00000.jsonl", "shard-00001.jsonl"]
+    again = CountingEngine()
+    resumed = generate_sharded(again, requests, sampling, tmp_path / "resumed", shard_size=3)
+    assert again.calls == 2  # shards 2 and 3 only
+    assert resumed == full  # same texts as an uninterrupted run
+
+
+def test_generate_sharded_ignores_a_shard_of_other_requests(tmp_path):
+    requests = [Request(f"q{i}", []) for i in range(4)]
+    generate_sharded(CountingEngine(), requests, Sampling(), tmp_path, shard_size=2)
+    engine = CountingEngine()
+    other = [Request(f"z{i}", []) for i in range(4)]
+    out = generate_sharded(engine, other, Sampling(), tmp_path, shard_size=2)
+    assert engine.calls == 2 and [c.id for c in out] == ["z0", "z1", "z2", "z3"]
