@@ -47,7 +47,7 @@ def _jsonl(path: str) -> Iterator[tuple[int, dict]]:
 
 def _sharegpt_pair(row: dict) -> tuple[str, str] | None:
     turns = row.get("conversations") or row.get("messages") or []
-    for first, second in zip(turns, turns[1:], strict=False):
+    for first, second in zip(turns, turns[1:]):
         role1 = first.get("from", first.get("role"))
         role2 = second.get("from", second.get("role"))
         if role1 in ("human", "user") and role2 in ("gpt", "assistant"):

@@ -40,7 +40,7 @@ class HFEngine:
         torch.manual_seed(sampling.seed)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            for i, completion in zip(batch, self._generate_batch([ids[i] for i in batch], sampling), strict=False):
+            for i, completion in zip(batch, self._generate_batch([ids[i] for i in batch], sampling)):
                 out[i] = Completion(requests[i].id, *completion)
         return [out[i] for i in range(len(requests))]
 

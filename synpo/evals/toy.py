@@ -60,7 +60,7 @@ def evaluate(engine, rows: list[dict], sampling: Sampling | None = None, shard_d
     responses = [c.text for c in completions]
     outputs = [{"id": r["id"], "prompt": r["prompt"], "family": r["family"], "output": out,
                 "reference": r["reference"], "score": score_task(parse_task(r["prompt"]), out)}
-               for r, out in zip(rows, responses, strict=False)]
+               for r, out in zip(rows, responses)]
     return grade(rows, responses), outputs
 
 

@@ -65,4 +65,4 @@ def score_gaps(scorer: Scorer, prompts: list[str], better: list[str], worse: lis
         return compare(prompts, better, worse)
     a = scorer.score(prompts, better)
     b = scorer.score(prompts, worse)
-    return [x - y for x, y in zip(a, b, strict=False)]
+    return [x - y for x, y in zip(a, b)]

@@ -9,6 +9,7 @@ Step 4: R_t rewrites each π_{t-1} answer on this round's synthetic prompts.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from synpo.engines import Request, Sampling, generate_sharded, make_engine
@@ -41,11 +42,14 @@ def improver_data(recipe: Recipe, t: int, policy: str, seed_rows: list[dict], ou
     prompts = [r["prompt"] for r in seed_rows]
     drafts = [c.text for c in completions]
     gaps = score_gaps(scorer, prompts, [r["response"] for r in seed_rows], drafts)
+    cfg = recipe.improver
+    rng = random.Random(f"{recipe.seed}:improver_data:{t}")
     rows = [{"id": r["id"], "prompt": r["prompt"], "draft": d, "target": r["response"], "gap": round(g, 4),
              "round": t, "stage": "improver_data", "model": f"policy_{t - 1}"}
-            for r, d, g in zip(seed_rows, drafts, gaps, strict=False) if g > recipe.improver.gap]
+            for r, d, g in zip(seed_rows, drafts, gaps)
+            if g > cfg.gap or (cfg.keep_below_gap and rng.random() < cfg.keep_below_gap)]
     write_jsonl(out, rows)
-    return {"seed": len(seed_rows), "kept": len(rows),
+    return {"seed": len(seed_rows), "over_gap": sum(g > cfg.gap for g in gaps), "kept": len(rows),
             "mean_gap": round(sum(gaps) / max(len(gaps), 1), 4)}
 
 
@@ -70,7 +74,7 @@ def refine(recipe: Recipe, t: int, improver: Path, responses: Path, out: Path, w
     out_rows = [{"id": r["id"], "prompt": r["prompt"], "draft": r["response"], "refined": c.text,
                  "finish_reason": c.finish_reasons[0], "round": t, "stage": "refine", "model": f"improver_{t}",
                  "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p}}
-                for r, c in zip(rows, completions, strict=False)]
+                for r, c in zip(rows, completions)]
     write_jsonl(out, out_rows)
     changed = sum(r["refined"] != r["draft"] for r in out_rows)
     return {"rows": len(out_rows), "changed": changed}

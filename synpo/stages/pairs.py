@@ -61,7 +61,7 @@ def _candidates(recipe: Recipe, t: int, responses: Path, refined: Path | None, s
     rejected = [r["initial_response"] for r in rows]
     gaps = score_gaps(scorer, [r["prompt"] for r in rows], chosen, rejected)
     return [(r, c, j, refined_rows[r["id"]]["finish_reason"], r["initial_finish"], g)
-            for r, c, j, g in zip(rows, chosen, rejected, gaps, strict=False)]
+            for r, c, j, g in zip(rows, chosen, rejected, gaps)]
 
 
 def build_pairs(recipe: Recipe, t: int, responses: Path, refined: Path | None, out: Path, scorer) -> dict:

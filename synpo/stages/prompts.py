@@ -122,7 +122,7 @@ def filter_prompts(completions, triples, *, max_chars: int, seen: set[str], vali
         else:
             parsed.append((question, keywords))
     validity = valid([q for q, _ in parsed]) if parsed else []
-    for (question, keywords), ok in zip(parsed, validity, strict=False):
+    for (question, keywords), ok in zip(parsed, validity):
         key = normalise(question)
         if not ok:
             dropped["invalid"] += 1

@@ -37,7 +37,7 @@ def generate_responses(recipe: Recipe, t: int, policy: str, initial: str, prompt
                           f"round {t}: π_{t - 1} x{k}")
         out_rows = [{"id": r["id"], "prompt": r["prompt"], "samples": c.texts, "finish_reasons": c.finish_reasons,
                      "round": t, "stage": "responses", "model": f"policy_{t - 1}", "sampling": sampling}
-                    for r, c in zip(rows, samples, strict=False)]
+                    for r, c in zip(rows, samples)]
     else:
         # π_0's answers do not depend on the round's policy: seed them by prompt set only.
         initial_answers = _sample(recipe, initial, rows, 1, recipe.seed * 1000 + 200 + t, work / "initial",
@@ -53,6 +53,6 @@ def generate_responses(recipe: Recipe, t: int, policy: str, initial: str, prompt
                      "round": t, "stage": "responses", "model": {"response": f"policy_{t - 1}",
                                                                   "initial_response": "policy_0"},
                      "sampling": sampling}
-                    for r, p, i in zip(rows, policy_answers, initial_answers, strict=False)]
+                    for r, p, i in zip(rows, policy_answers, initial_answers)]
     write_jsonl(out, out_rows)
     return {"prompts": len(rows)}
