@@ -1,11 +1,16 @@
 """The Hugging Face engine: batched `generate` on the local device (the CPU default).
 
 Requests are rendered with the tokenizer's chat template, sorted by length so each batch
-pads little, left-padded, and generated with the KV cache until end of turn. One seed per
-call makes the whole call deterministic: the batches a call forms depend only on its input.
+pads little, left-padded, and generated with the KV cache until end of turn (every eos id of
+the generation config) or a stop string. `batch_size` counts sequences: with n samples per
+prompt a batch holds batch_size // n prompts. One seed per call makes the whole call
+deterministic (the batches a call forms depend only on its input) without touching the
+caller's random state. Greedy decoding with n > 1 decodes once and repeats the answer.
 """
 
 from __future__ import annotations
+
+from dataclasses import asdict
 
 from synpo.engines.base import Completion, Request, Sampling, cut_at_stop
 
@@ -34,14 +39,21 @@ class HFEngine:
     def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
         import torch
 
+        greedy = sampling.temperature == 0
+        per_prompt = 1 if greedy else sampling.n
+        run = Sampling(**{**asdict(sampling), "n": per_prompt})
         ids = [self.render(r) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: len(ids[i]))
+        prompts_per_batch = max(1, self.batch_size // per_prompt)
         out: dict[int, Completion] = {}
-        torch.manual_seed(sampling.seed)
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            for i, completion in zip(batch, self._generate_batch([ids[i] for i in batch], sampling)):
-                out[i] = Completion(requests[i].id, *completion)
+        devices = [torch.cuda.current_device()] if self.device.startswith("cuda") else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(sampling.seed)
+            for start in range(0, len(order), prompts_per_batch):
+                batch = order[start : start + prompts_per_batch]
+                for i, (texts, reasons, counts) in zip(batch, self._generate_batch([ids[i] for i in batch], run)):
+                    repeat = sampling.n if greedy else 1
+                    out[i] = Completion(requests[i].id, texts * repeat, reasons * repeat, counts * repeat)
         return [out[i] for i in range(len(requests))]
 
     def _generate_batch(self, batch_ids: list[list[int]], sampling: Sampling):
@@ -54,7 +66,7 @@ class HFEngine:
         for row, x in enumerate(batch_ids):
             input_ids[row, width - len(x):] = torch.tensor(x)
             attention[row, width - len(x):] = 1
-        kwargs = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n,
+        kwargs = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n, use_cache=True,
                       pad_token_id=tok.pad_token_id, eos_token_id=eos_ids(self.model, tok))
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
