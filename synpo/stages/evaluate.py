@@ -70,5 +70,6 @@ def metrics_table(rows: list[dict]):
     for r in rows:
         by_round.setdefault(r["round"], {}).update({(r["suite"], k): v for k, v in r["metrics"].items()})
     for t, values in sorted(by_round.items()):
-        table.add_row(str(t), *[f"{values[key]:.3f}" if key in values else "-" for key in keys])
+        table.add_row(str(t), *[("-" if key not in values else f"{values[key]:.3f}" if isinstance(values[key], float)
+                                 else str(values[key])) for key in keys])
     return table

@@ -1,0 +1,179 @@
+"""AlpacaEval 2: the model against the gpt4_1106_preview reference outputs, judged pairwise.
+
+Builtin backend: the 805 instructions (or a fixed-seed subsample, `eval.limit`), the model's
+outputs written as alpaca_eval's `model_outputs.json` (with the matching `reference_outputs.json`,
+so `alpaca_eval --model_outputs ... --reference_outputs ...` can be run on them too), one
+judgment per instruction with the weighted_alpaca_eval_gpt4_turbo prompt at temperature 0, the
+two outputs' order drawn per instruction from a fixed seed. The judge's first letter m / M
+gives a hard preference (the official annotator weights by the logprobs of m and M instead; a
+judge endpoint without logprobs gives the hard version). Metrics: WR with its standard error,
+and LC from the `length_controlled_minimal` GLM (no instruction-difficulty term: see
+synpo.evals.stats). Unparseable and failed judgments are counted and left out of WR and LC.
+
+Official backend (`eval.alpaca_eval_backend: official`): the same outputs are handed to the
+`alpaca_eval` package, which judges with its own annotator config and computes its own LC.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from synpo.engines.base import Request
+from synpo.evals import stats
+from synpo.evals.datasets import load_suite
+from synpo.evals.judge import Judge, Tally, generate_answers, suite_max_tokens
+from synpo.evals.verdicts import parse_alpaca_eval
+from synpo.io import write_json, write_jsonl
+from synpo.progress import log
+from synpo.prompts import render
+from synpo.recipe import Recipe
+
+JUDGE_MAX_TOKENS = 16  # the official annotator reads 1 token; a little room for a chatty open judge
+
+
+def run(recipe: Recipe, engine, out_dir: Path, work: Path, generator: str, make_judge) -> dict:
+    cfg = recipe.eval
+    if cfg.alpaca_eval_backend == "official":
+        _official_package()  # fail before generating anything
+    rows = load_suite("alpaca_eval", cfg.data_dir, cfg.limit, recipe.seed)
+    requests = [Request(r["id"], [{"role": "user", "content": r["instruction"]}]) for r in rows]
+    outputs = generate_answers(engine, requests, recipe, work / "outputs", desc="alpaca_eval: answers")
+    model_outputs = [{"dataset": r["dataset"], "instruction": r["instruction"], "output": out, "generator": generator}
+                     for r, out in zip(rows, outputs)]
+    reference_outputs = [{"dataset": r["dataset"], "instruction": r["instruction"], "output": r["reference"],
+                          "generator": r["reference_generator"]} for r in rows]
+    write_json(out_dir / "model_outputs.json", model_outputs)
+    write_json(out_dir / "reference_outputs.json", reference_outputs)
+    if cfg.alpaca_eval_backend == "official":
+        return run_official(recipe, out_dir, generator)
+
+    judge = make_judge()
+    try:
+        annotations, tally = judge_outputs(judge, rows, outputs, generator, recipe.seed,
+                                           suite_max_tokens(cfg, JUDGE_MAX_TOKENS))
+    finally:
+        judge.close()
+    write_jsonl(out_dir / "annotations.jsonl", annotations)
+    tally.check(cfg.max_failed_judgments, "alpaca_eval")
+    return metrics_from(annotations, tally, judge_name=judge.name)
+
+
+def swapped(seed: int, item_id: str) -> bool:
+    """Whether the model's output is shown first (as m): drawn per instruction from a fixed seed."""
+    return random.Random(f"{seed}:alpaca_eval-order:{item_id}").random() < 0.5
+
+
+def judge_outputs(judge: Judge, rows: list[dict], outputs: list[str], generator: str, seed: int,
+                  max_tokens: int) -> tuple[list[dict], Tally]:
+    """One judgment per instruction; annotations in alpaca_eval's format (output_1 = reference)."""
+    system = render("judge_alpaca_eval_system")
+    conversations = []
+    for r, out in zip(rows, outputs):
+        first, second = (out, r["reference"]) if swapped(seed, r["id"]) else (r["reference"], out)
+        conversations.append((r["id"], [{"role": "system", "content": system},
+                                        {"role": "user", "content": render("judge_alpaca_eval",
+                                                                           instruction=r["instruction"],
+                                                                           output_1=first, output_2=second)}]))
+    replies = judge.ask(conversations, max_tokens, desc="alpaca_eval: judge")
+    tally = Tally()
+    annotations = []
+    for r, out, reply in zip(rows, outputs, replies):
+        is_swapped = swapped(seed, r["id"])
+        position = parse_alpaca_eval(reply.text)
+        status = tally.add(reply, position)
+        # alpaca_eval's preference: 1 = output_1 (the reference) wins, 2 = output_2 (the model) wins
+        preference = None if position is None else (3 - position if is_swapped else position)
+        annotations.append({"id": r["id"], "instruction": r["instruction"], "dataset": r["dataset"],
+                            "output_1": r["reference"], "generator_1": r["reference_generator"],
+                            "output_2": out, "generator_2": generator, "annotator": judge.name,
+                            "is_swapped": is_swapped, "preference": preference, "status": status,
+                            "raw_completion": reply.text, "error": reply.error})
+    return annotations, tally
+
+
+def metrics_from(annotations: list[dict], tally: Tally, judge_name: str) -> dict:
+    judged = [a for a in annotations if a["preference"] is not None]
+    prefs = [a["preference"] for a in judged]
+    wr = stats.win_rate(prefs)
+    lc = stats.length_controlled_win_rate(prefs, [len(a["output_2"]) for a in judged],
+                                          [len(a["output_1"]) for a in judged])
+    n = len(annotations)
+    extreme = (wr["win_rate"] is not None and lc["length_controlled_winrate"] is not None
+               and stats.is_extreme_change(wr["win_rate"], lc["length_controlled_winrate"]))
+    if extreme:
+        log(f"[yellow]alpaca_eval: LC {lc['length_controlled_winrate']:.1f} % is very different from WR "
+            f"{wr['win_rate']:.1f} % over {len(judged)} judgments: the length GLM may have failed (few judgments?)")
+    metrics = {
+        **wr, **lc, "lc_extreme_change": extreme,
+        "avg_length": sum(len(a["output_2"]) for a in annotations) / max(n, 1),
+        "avg_reference_length": sum(len(a["output_1"]) for a in annotations) / max(n, 1),
+        "n_instructions": n, "judge": judge_name, "backend": "builtin",
+        "order": "randomised per instruction (fixed seed)",
+        **tally.metrics(),
+    }
+    metrics["headline"] = _headline(metrics)
+    return metrics
+
+
+def _headline(m: dict) -> dict:
+    out = {"lc_win_rate": m.get("length_controlled_winrate"), "win_rate": m.get("win_rate"),
+           "win_rate_se": m.get("standard_error"), "judge_unparseable": m.get("judge_unparseable"),
+           "judge_failed": m.get("judge_failed")}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+# ---- the official package ---------------------------------------------------------------------
+
+
+def run_official(recipe: Recipe, out_dir: Path, generator: str) -> dict:
+    """Judge with the `alpaca_eval` package itself and read its leaderboard row."""
+    import os
+
+    alpaca_eval = _official_package()
+
+    judge = recipe.eval.judge
+    env = {}
+    if judge is not None:  # point the package's OpenAI client at the recipe's judge endpoint
+        env["OPENAI_BASE_URL"] = judge.base_url
+        if judge.api_key_env:
+            env["OPENAI_API_KEY"] = os.environ.get(judge.api_key_env, "")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        leaderboard, _ = alpaca_eval.evaluate(
+            model_outputs=str(out_dir / "model_outputs.json"),
+            reference_outputs=str(out_dir / "reference_outputs.json"),
+            annotators_config=recipe.eval.alpaca_eval_annotator, name=generator,
+            output_path=str(out_dir / "official"), precomputed_leaderboard=None,
+            is_return_instead_of_print=True, is_cache_leaderboard=False)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    row = {k: _plain(v) for k, v in leaderboard.loc[generator].to_dict().items()}
+    metrics = {**row, "backend": "official", "annotators_config": recipe.eval.alpaca_eval_annotator}
+    metrics["headline"] = _headline(metrics)
+    return metrics
+
+
+def _official_package():
+    try:
+        import alpaca_eval
+    except ImportError:
+        from synpo.errors import UserError
+
+        raise UserError("eval.alpaca_eval_backend: official needs the alpaca_eval package "
+                        "(pip install alpaca-eval), or use the builtin backend") from None
+    return alpaca_eval
+
+
+def _plain(value):
+    """numpy / pandas scalars as JSON-friendly Python values."""
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value

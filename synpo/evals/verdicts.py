@@ -1,0 +1,65 @@
+"""Reading a judge's verdict out of its reply, as each official harness does.
+
+A parser returns the verdict or None; None is counted as an unparseable judgment by the
+suite (never dropped silently).
+"""
+
+from __future__ import annotations
+
+import re
+
+# ---- AlpacaEval: "m" (output_1) or "M" (output_2) -------------------------------------------
+# alpaca_eval's regex_parser for the alpaca_eval_clf templates: `(?:^|\n) ?m$` / `(?:^|\n) ?M$`.
+ALPACA = re.compile(r"(?:^|\n) ?([mM])$")
+
+
+def parse_alpaca_eval(text: str | None) -> int | None:
+    """1 when the output labelled m wins, 2 when M wins, None otherwise."""
+    if not text:
+        return None
+    m = ALPACA.search(text.strip())
+    return None if m is None else (1 if m.group(1) == "m" else 2)
+
+
+# ---- Arena-Hard: [[A>>B]] ... [[B>>A]] ------------------------------------------------------
+ARENA = re.compile(r"\[\[([AB<>=]+)\]\]")
+# every label form arena-hard-auto maps, as the advantage of assistant A: 2 strong, 1 slight, 0 tie
+ARENA_LABELS = {"A>>B": 2, "A>B": 1, "A=B": 0, "B=A": 0, "B>A": -1, "B>>A": -2,
+                "A<<B": -2, "A<B": -1, "B<A": 1, "B<<A": 2}
+
+
+def parse_arena_hard(text: str | None) -> tuple[str | None, bool]:
+    """(label, try_again): arena-hard-auto's get_score.
+
+    No label at all: (None, True), the judge is asked to continue; one distinct label: (label, False);
+    several different labels: (None, False). A label outside ARENA_LABELS is unparseable.
+    """
+    matches = [m for m in ARENA.findall(text or "") if m != ""]
+    if not matches:
+        return None, True
+    if len(set(matches)) > 1:
+        return None, False
+    label = matches[0]
+    return (label if label in ARENA_LABELS else None), False
+
+
+def arena_advantage(label: str) -> int:
+    """Assistant A's advantage: +2 (A>>B), +1, 0, -1, -2 (B>>A)."""
+    return ARENA_LABELS[label]
+
+
+# ---- MT-Bench: "Rating: [[7]]" ---------------------------------------------------------------
+# FastChat's one_score_pattern and its backup
+RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
+RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+
+
+def parse_rating(text: str | None) -> float | None:
+    """The 1-10 rating; None when absent or outside 1-10 (FastChat would record -1)."""
+    if not text:
+        return None
+    m = RATING.search(text) or RATING_BACKUP.search(text)
+    if m is None:
+        return None
+    value = float(m.group(1))
+    return value if 1 <= value <= 10 else None

@@ -1,0 +1,285 @@
+"""The judged suites end to end with --limit: the tiny model answers, a judge on loopback judges over real HTTP.
+
+Most tests use a scripted judge server (tests/judge_server.py) whose verdicts the test can
+recompute; one uses `transformers serve` running the tiny model as the judge (its replies are
+mostly unreadable, and must all be counted).
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_RECIPE
+from judge_server import ScriptedJudge, arena_label, arena_needs_continue, mt_rating, sha
+
+from synpo.errors import UserError
+from synpo.evals.datasets import load_suite
+from synpo.io import read_json, read_jsonl
+from synpo.recipe import load_recipe
+from synpo.stages.evaluate import evaluate_suite, headline
+from synpo.toy import TINY_MODEL
+
+os.environ.setdefault("SYNPO_QUIET", "1")
+torch.set_num_threads(1)
+LIMIT = 6
+
+
+def recipe_for(suite, judge_url, tmp_path, *extra, judge_model="scripted-judge", timeout=5):
+    judge = (f'{{base_url: "{judge_url}", model: "{judge_model}", concurrency: 4, max_retries: 1, '
+             f'timeout: {timeout}, retry_backoff: 0.05, cache_dir: "{tmp_path / "judge_cache"}"}}')
+    return load_recipe(TINY_RECIPE, [f"eval.suites=[{suite}]", f"eval.limit={LIMIT}", "eval.sampling.max_new_tokens=8",
+                                     "engine.batch_size=8", "runtime.threads=1", f"eval.judge={judge}", *extra])
+
+
+def evaluate(recipe, suite, tmp_path):
+    out = tmp_path / "run" / "round_00" / "eval" / suite
+    return evaluate_suite(recipe, suite, str(TINY_MODEL), out, tmp_path / "work" / suite), out
+
+
+# ---- alpaca_eval ----------------------------------------------------------------------------------
+
+
+def test_alpaca_eval_end_to_end_and_a_rerun_sends_nothing(tmp_path):
+    with ScriptedJudge() as judge:
+        recipe = recipe_for("alpaca_eval", judge.base_url, tmp_path)
+        metrics, out = evaluate(recipe, "alpaca_eval", tmp_path)
+        # the outputs in alpaca_eval's model_outputs.json format, beside the matching reference outputs
+        model_outputs = json.loads((out / "model_outputs.json").read_text())
+        references = json.loads((out / "reference_outputs.json").read_text())
+        rows = load_suite("alpaca_eval", None, LIMIT, recipe.seed)
+        assert [m["instruction"] for m in model_outputs] == [r["instruction"] for r in rows]
+        assert [r["output"] for r in references] == [r["reference"] for r in rows]
+        assert all(set(m) == {"instruction", "output", "generator", "dataset"} for m in model_outputs)
+        assert {m["generator"] for m in model_outputs} == {"tiny-cpu-round_00"}
+        # both orders occur, and each preference matches the scripted judge's choice seen from the model's side
+        annotations = read_jsonl(out / "annotations.jsonl")
+        assert {a["is_swapped"] for a in annotations} == {True, False}
+        for a in annotations:
+            assert a["preference"] == (2 if sha(a["output_2"]) < sha(a["output_1"]) else 1)
+            assert a["raw_completion"] in ("m", "M") and a["status"] == "ok"
+        wins = [a["preference"] - 1 for a in annotations]
+        assert metrics["win_rate"] == pytest.approx(100 * sum(wins) / LIMIT)
+        assert metrics["length_controlled_winrate"] is not None and metrics["lc_glm"] == "length_controlled_minimal"
+        assert (metrics["judge_judgments"], metrics["judge_ok"], metrics["judge_unparseable"],
+                metrics["judge_failed"]) == (LIMIT, LIMIT, 0, 0)
+        assert read_json(out / "metrics.json") == metrics
+        assert set(headline("alpaca_eval", metrics)) >= {"lc_win_rate", "win_rate", "win_rate_se"}
+        assert len(judge.received) == LIMIT and set(judge.received.values()) == {1}
+        # the same evaluation again: every judgment comes from the cache, the server sees nothing
+        again, _ = evaluate(recipe, "alpaca_eval", tmp_path)
+        assert sum(judge.received.values()) == LIMIT and again == metrics
+
+
+def test_alpaca_eval_counts_malformed_verdicts(tmp_path):
+    malformed = lambda messages: sha(messages[1]["content"])[0] in "0123456789"  # ~60 % of requests
+    with ScriptedJudge(malformed=malformed) as judge:
+        metrics, out = evaluate(recipe_for("alpaca_eval", judge.base_url, tmp_path), "alpaca_eval", tmp_path)
+    annotations = read_jsonl(out / "annotations.jsonl")
+    bad = [a for a in annotations if a["status"] == "unparseable"]
+    assert 0 < len(bad) < LIMIT
+    assert all(a["preference"] is None and a["raw_completion"].startswith("I think") for a in bad)
+    assert metrics["judge_unparseable"] == len(bad) and metrics["judge_ok"] == LIMIT - len(bad)
+    assert metrics["n_total"] == LIMIT - len(bad)  # left out of WR and LC, never dropped from the counts
+    assert headline("alpaca_eval", metrics)["judge_unparseable"] == len(bad)
+
+
+def test_judge_that_times_out(tmp_path):
+    slow = lambda messages: sha(messages[1]["content"])[0] in "01234567"  # about half of the requests
+    with ScriptedJudge(slow=slow, slow_seconds=2.5) as judge:
+        # default: no failure allowed, the suite stops with a one-line error
+        recipe = recipe_for("alpaca_eval", judge.base_url, tmp_path, timeout=0.5)
+        with pytest.raises(UserError, match=r"judge requests failed .*RetriesExhausted.*run the same command again"):
+            evaluate(recipe, "alpaca_eval", tmp_path)
+        # allowed: the timeouts are counted as failed judgments in the metrics
+        recipe = recipe_for("alpaca_eval", judge.base_url, tmp_path, "eval.max_failed_judgments=1.0", timeout=0.5)
+        metrics, out = evaluate(recipe, "alpaca_eval", tmp_path)
+    failed = [a for a in read_jsonl(out / "annotations.jsonl") if a["status"] == "failed"]
+    assert 0 < len(failed) < LIMIT
+    assert metrics["judge_failed"] == len(failed) and metrics["judge_errors"] == {"RetriesExhausted": len(failed)}
+    assert all("no answer within 0.5 s" in a["error"] for a in failed)
+    assert metrics["n_total"] == LIMIT - len(failed)
+
+
+# ---- arena_hard -----------------------------------------------------------------------------------
+
+
+def test_arena_hard_end_to_end(tmp_path):
+    with ScriptedJudge() as judge:
+        metrics, out = evaluate(recipe_for("arena_hard", judge.base_url, tmp_path), "arena_hard", tmp_path)
+    answers = {a["uid"]: a["messages"][1]["content"]["answer"] for a in read_jsonl(out / "model_answer.jsonl")}
+    rows = load_suite("arena_hard", None, LIMIT, 0)
+    assert list(answers) == [r["uid"] for r in rows]
+    judgments = read_jsonl(out / "model_judgment.jsonl")
+    expected_wins = expected_total = continued = 0
+    for r, j in zip(rows, judgments):
+        model, baseline = answers[r["uid"]], r["baseline"]
+        g1, g2 = j["games"]
+        # game 1 shows the baseline as A, game 2 the model as A; the label is the scripted judge's
+        assert g1["user_prompt"].index(baseline) < g1["user_prompt"].index("<|The Start of Assistant B")
+        assert g1["score"] == arena_label(baseline, model) and g2["score"] == arena_label(model, baseline)
+        continued += arena_needs_continue(g1["user_prompt"]) + arena_needs_continue(g2["user_prompt"])
+        model_wins = sha(model) < sha(baseline)
+        weight = 3 if ">>" in g1["score"] else 1
+        expected_wins += 2 * weight * model_wins
+        expected_total += 2 * weight
+    assert continued > 0  # some games needed arena-hard's "continue your judgment" turn ...
+    assert metrics["judge_requests"] == 2 * LIMIT + continued  # ... which is one more request each
+    assert metrics["judge_judgments"] == 2 * LIMIT and metrics["judge_ok"] == 2 * LIMIT
+    # two models: the Bradley-Terry win rate is the weighted win fraction (A>>B counts 3 times)
+    assert metrics["battles"] == expected_total
+    assert metrics["win_rate"] == pytest.approx(100 * expected_wins / expected_total, abs=0.01)
+    assert metrics["ci_lower"] <= metrics["win_rate"] <= metrics["ci_upper"]
+    assert set(headline("arena_hard", metrics)) >= {"win_rate", "ci_lower", "ci_upper"}
+
+
+def test_resumed_evaluation_sends_no_request_twice(tmp_path):
+    with ScriptedJudge(fail_after=5) as judge:  # answers 5 requests, then HTTP 503 for good
+        recipe = recipe_for("arena_hard", judge.base_url, tmp_path)
+        with pytest.raises(UserError, match="judge requests failed"):
+            evaluate(recipe, "arena_hard", tmp_path)
+        assert sum(judge.answered.values()) == 5
+        judge.fail_after = None  # the endpoint recovers; the same command runs again
+        metrics, _ = evaluate(recipe, "arena_hard", tmp_path)
+        # every judgment was answered exactly once across both runs, the 5 early ones came from the cache
+        assert set(judge.answered.values()) == {1}
+        assert sum(judge.answered.values()) == metrics["judge_requests"] == len(judge.answered)
+        before = sum(judge.received.values())
+        evaluate(recipe, "arena_hard", tmp_path)
+        assert sum(judge.received.values()) == before
+
+
+# ---- mt_bench -------------------------------------------------------------------------------------
+
+
+def test_mt_bench_end_to_end(tmp_path):
+    with ScriptedJudge() as judge:
+        metrics, out = evaluate(recipe_for("mt_bench", judge.base_url, tmp_path), "mt_bench", tmp_path)
+    answers = {a["question_id"]: a["choices"][0]["turns"] for a in read_jsonl(out / "model_answer.jsonl")}
+    assert len(answers) == LIMIT and all(len(t) == 2 for t in answers.values())
+    judgments = read_jsonl(out / "model_judgment.jsonl")
+    assert len(judgments) == 2 * LIMIT
+    for j in judgments:
+        a1, a2 = answers[j["question_id"]]
+        assert j["score"] == mt_rating(j["user_prompt"])
+        if j["turn"] == 2:  # the second turn is judged with the model's own first answer in the conversation
+            assert j["judge"][1].endswith("multi-turn") and f"### Assistant A:\n{a1}\n" in j["user_prompt"]
+    by_turn = {t: [j["score"] for j in judgments if j["turn"] == t] for t in (1, 2)}
+    assert metrics["turn_1"] == pytest.approx(sum(by_turn[1]) / LIMIT)
+    assert metrics["turn_2"] == pytest.approx(sum(by_turn[2]) / LIMIT)
+    assert metrics["score"] == pytest.approx((sum(by_turn[1]) + sum(by_turn[2])) / (2 * LIMIT))
+    assert metrics["judge_judgments"] == 2 * LIMIT and metrics["judge_unparseable"] == 0
+
+
+def test_mt_bench_math_questions_are_graded_against_the_reference():
+    from synpo.evals.mt_bench import judge_messages
+
+    rows = load_suite("mt_bench", None)
+    math_row = next(r for r in rows if r["category"] == "math")
+    name, messages = judge_messages(math_row, 1, "ANSWER-ONE", "ANSWER-TWO")
+    assert name == "single-math-v1" and math_row["references"][0] in messages[1]["content"]
+    assert "ANSWER-ONE" in messages[1]["content"] and "ANSWER-TWO" not in messages[1]["content"]
+    name, messages = judge_messages(math_row, 2, "ANSWER-ONE", "ANSWER-TWO")
+    assert name == "single-math-v1-multi-turn" and math_row["references"][1] in messages[1]["content"]
+    assert "focus on the assistant's answer to the second" in messages[0]["content"]
+    writing = next(r for r in rows if r["category"] == "writing")
+    name, messages = judge_messages(writing, 1, "A", "B")
+    assert name == "single-v1" and messages[0]["content"] == "You are a helpful assistant."
+
+
+# ---- a real model as the judge: transformers serve ------------------------------------------------------
+
+
+@pytest.mark.slow  # starting the server takes 15-60 s on a busy 2-core machine
+def test_tiny_model_served_by_transformers_as_the_judge(tmp_path):
+    """Every suite against `transformers serve` running the tiny model: its verdicts are mostly
+    unreadable, and every one of them is counted (ok + unparseable = judgments, none failed)."""
+    from synpo.engines.local_server import LocalServer
+
+    with LocalServer(log_path=tmp_path / "serve.log") as server:
+        for suite, judgments in [("alpaca_eval", 1), ("arena_hard", 2), ("mt_bench", 2)]:
+            recipe = recipe_for(suite, server.base_url, tmp_path, "eval.limit=1", "eval.judge_max_tokens=12",
+                                judge_model=str(TINY_MODEL), timeout=120)
+            metrics, out = evaluate(recipe, suite, tmp_path)
+            assert metrics["judge_judgments"] == judgments and metrics["judge_failed"] == 0
+            assert metrics["judge_ok"] + metrics["judge_unparseable"] == judgments
+            assert metrics["judge_requests"] >= judgments
+        assert server.requests_received() >= 5
+
+
+# ---- alpaca_eval's official backend ------------------------------------------------------------------
+
+
+def test_official_backend_without_the_package_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "alpaca_eval", None)  # import alpaca_eval -> ImportError
+    recipe = load_recipe(TINY_RECIPE, ["eval.suites=[alpaca_eval]", "eval.alpaca_eval_backend=official",
+                                       "eval.limit=2", "runtime.threads=1"])
+    with pytest.raises(UserError, match="needs the alpaca_eval package"):
+        evaluate(recipe, "alpaca_eval", tmp_path)
+    assert not (tmp_path / "run" / "round_00" / "eval" / "alpaca_eval" / "model_outputs.json").exists()
+
+
+def test_official_backend_hands_the_outputs_to_alpaca_eval(tmp_path, monkeypatch):
+    """A stand-in `alpaca_eval` module records the call; its leaderboard row becomes the metrics."""
+    import sys
+    import types
+
+    pd = pytest.importorskip("pandas")
+    calls = []
+
+    def fake_evaluate(**kwargs):
+        calls.append({**kwargs, "base_url": os.environ.get("OPENAI_BASE_URL"),
+                      "key": os.environ.get("OPENAI_API_KEY"),
+                      "outputs": json.loads(Path(kwargs["model_outputs"]).read_text())})
+        board = pd.DataFrame({"length_controlled_winrate": [12.5], "win_rate": [10.0], "standard_error": [1.5],
+                              "n_total": [2], "avg_length": [40]}, index=[kwargs["name"]])
+        return board, []
+
+    monkeypatch.setitem(sys.modules, "alpaca_eval", types.SimpleNamespace(evaluate=fake_evaluate))
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-test")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    recipe = load_recipe(TINY_RECIPE, ["eval.suites=[alpaca_eval]", "eval.alpaca_eval_backend=official",
+                                       "eval.limit=2", "runtime.threads=1", "eval.sampling.max_new_tokens=8",
+                                       'eval.judge={base_url: "http://127.0.0.1:9/v1", model: gpt-4-turbo, '
+                                       'api_key_env: MY_JUDGE_KEY}'])
+    metrics, out = evaluate(recipe, "alpaca_eval", tmp_path)
+    (call,) = calls
+    assert call["annotators_config"] == "weighted_alpaca_eval_gpt4_turbo" and call["name"] == "tiny-cpu-round_00"
+    assert call["reference_outputs"] == str(out / "reference_outputs.json") and len(call["outputs"]) == 2
+    assert call["base_url"] == "http://127.0.0.1:9/v1" and call["key"] == "sk-test"
+    assert "OPENAI_BASE_URL" not in os.environ  # restored after the call
+    assert metrics["backend"] == "official" and metrics["length_controlled_winrate"] == 12.5
+    assert headline("alpaca_eval", metrics) == {"lc_win_rate": 12.5, "win_rate": 10.0, "win_rate_se": 1.5}
+    assert "sk-test" not in (out / "metrics.json").read_text()
+
+
+# ---- the loop: every suite after every round, and the report ------------------------------------------
+
+
+@pytest.mark.slow
+def test_loop_evaluates_every_suite_each_round_and_writes_the_report(tmp_path):
+    from conftest import run_iterate
+
+    with ScriptedJudge() as judge:
+        judge_cfg = (f'{{base_url: "{judge.base_url}", model: scripted-judge, concurrency: 4, '
+                     f'cache_dir: "{tmp_path / "judge_cache"}"}}')
+        proc = run_iterate(tmp_path / "run", "eval.suites=[toy,alpaca_eval,arena_hard,mt_bench]", "eval.limit=3",
+                           "eval.sampling.max_new_tokens=8", f"eval.judge={judge_cfg}",
+                           "prompt_generator.train.max_steps=40")  # G needs more than MINI's 12 steps today
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "run"
+    rows = read_jsonl(run / "metrics.jsonl")
+    assert {(r["round"], r["suite"]) for r in rows} == {(t, s) for t in (0, 1)
+                                                         for s in ("toy", "alpaca_eval", "arena_hard", "mt_bench")}
+    by = {(r["round"], r["suite"]): r["metrics"] for r in rows}
+    assert {"lc_win_rate", "win_rate"} <= set(by[1, "alpaca_eval"]) and "ci_upper" in by[1, "arena_hard"]
+    assert "turn_2" in by[1, "mt_bench"]
+    md = (run / "report.md").read_text()
+    for suite, metric in [("toy", "win_rate"), ("alpaca_eval", "lc_win_rate"), ("arena_hard", "win_rate"),
+                          ("mt_bench", "score")]:
+        assert f"### {suite}" in md and (run / "plots" / f"{suite}__{metric}.png").exists()
+    assert "## Data per round" in md and "## Example pairs" in md
+    assert "data:image/png;base64," in (run / "report.html").read_text()
