@@ -22,15 +22,22 @@ def _row_id(prompt: str) -> str:
     return hashlib.sha256(prompt.encode()).hexdigest()[:16]
 
 
-def _hf_rows(path: str, split: str, streaming: bool):
+def _saved_by_datasets(path: str) -> bool:
+    """A directory written by `save_to_disk` (as opposed to a directory of data files)."""
+    p = Path(path)
+    return p.is_dir() and any((p / name).is_file() for name in ("state.json", "dataset_dict.json"))
+
+
+def _hf_rows(path: str, split: str, streaming: bool, subset: str | None = None):
+    """Rows of a saved dataset, a directory of data files, or a hub id; `streaming` reads lazily."""
     import datasets
 
     try:
-        if Path(path).is_dir():
+        if _saved_by_datasets(path):  # memory-mapped Arrow: rows are read as iterated
             ds = datasets.load_from_disk(path)
             ds = ds[split] if isinstance(ds, datasets.DatasetDict) else ds
             return iter(ds)
-        return iter(datasets.load_dataset(path, split=split, streaming=streaming))
+        return iter(datasets.load_dataset(path, subset, split=split, streaming=streaming))
     except (OSError, ValueError, KeyError, FileNotFoundError) as e:
         raise UserError(f"{path}: could not load the dataset (split {split!r}): {str(e).splitlines()[0]}") from None
 
@@ -101,7 +108,13 @@ def load_seed(cfg: SeedData) -> list[dict]:
 
 
 def iter_corpus(cfg: CorpusData) -> Iterator[str]:
-    """Paragraphs of the keyword corpus, streamed."""
+    """Paragraphs of the keyword corpus, streamed: a generator that reads the source as it is
+    consumed (text and JSONL line by line, parquet one record batch at a time, a `datasets` id
+    with `streaming=True`), so memory does not grow with the corpus.
+
+    text: paragraphs are separated by blank lines. Other formats: one row is one paragraph,
+    or, with `split_paragraphs`, each non-empty line of a row is one.
+    """
     path = resolve_path(cfg.path)
     n = 0
 
@@ -125,15 +138,31 @@ def iter_corpus(cfg: CorpusData) -> Iterator[str]:
         elif cfg.format == "parquet":
             import pyarrow.parquet as pq
 
-            for batch in pq.ParquetFile(path).iter_batches(columns=[cfg.text_field], batch_size=1024):
+            # pre_buffer off: with it, pyarrow reads ahead the column chunks of every row group, and
+            # memory grows with the file; without it, one row group's chunk at a time.
+            parquet = pq.ParquetFile(path, pre_buffer=False)
+            if cfg.text_field not in parquet.schema_arrow.names:
+                raise UserError(f"{path}: no column {cfg.text_field!r} (columns: "
+                                f"{', '.join(parquet.schema_arrow.names)}); set data.corpus.text_field")
+            for batch in parquet.iter_batches(columns=[cfg.text_field], batch_size=1024, use_threads=False):
                 yield from batch.column(0).to_pylist()
         else:
-            for row in _hf_rows(path, cfg.split, streaming=True):
+            for row in _hf_rows(path, cfg.split, streaming=True, subset=cfg.subset):
+                if cfg.text_field not in row:
+                    raise UserError(f"{path}: rows have no field {cfg.text_field!r} (fields: {', '.join(row)}); "
+                                    "set data.corpus.text_field")
                 yield row[cfg.text_field]
 
-    for text in rows():
+    def paragraphs() -> Iterator[str]:
+        for text in rows():
+            if cfg.split_paragraphs and cfg.format != "text" and text:
+                yield from text.splitlines()
+            else:
+                yield text
+
+    for text in paragraphs():
         if text and text.strip():
-            yield text
+            yield text.strip()
             n += 1
             if cfg.limit and n >= cfg.limit:
                 return

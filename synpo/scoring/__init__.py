@@ -1,9 +1,19 @@
 """Scorers: the paper's reward model role. One interface, several backends.
 
-`score(prompts, responses) -> list[float]` rates each response to its prompt; scores are in
-the scorer's own units (toy checker: [0, 1]; a reward model: its logits), and the recipe's
-gap thresholds τ are in those units. `valid(prompts)` says which prompts the scorer can
-judge at all (only the toy checker knows invalid tasks; others accept every prompt).
+`score(prompts, responses) -> list[float]` rates each response to its prompt. Scores are in
+the scorer's own units, and so are the recipe's gap thresholds τ (`improver.gap`, `pairs.gap`):
+
+| scorer.kind    | what a gap is                                            | the paper's τ |
+|----------------|----------------------------------------------------------|---------------|
+| `toy`          | difference of checker credits in [0, 1]                  | -             |
+| `reward_model` | difference of the reward model's scores (its logit)      | ArmoRM 0.02   |
+| `pairwise`     | PairRM's logit(A over B) - logit(B over A), via compare  | PairRM 0.20   |
+| `judge`        | difference of judge ratings, points on a 1-10 scale      | -             |
+
+`valid(prompts)` says which prompts the scorer can judge at all (only the toy checker knows
+invalid tasks; others accept every prompt). A scorer that only compares has
+`compare(prompts, better, worse)` (used by `score_gaps`) and `rank(prompts, candidates)`
+(used by `score_groups`). `close()` releases a scorer's model; the next call loads it again.
 """
 
 from __future__ import annotations
@@ -42,7 +52,8 @@ class ToyScorer:
         pass
 
 
-def make_scorer(cfg: ScorerConfig, device: str = "cpu") -> Scorer:
+def make_scorer(cfg: ScorerConfig, device: str = "auto") -> Scorer:
+    """The recipe's scorer; `device` auto means cuda when available (models load on first use)."""
     if cfg.kind == "toy":
         return ToyScorer()
     if cfg.kind == "reward_model":
@@ -66,3 +77,16 @@ def score_gaps(scorer: Scorer, prompts: list[str], better: list[str], worse: lis
     a = scorer.score(prompts, better)
     b = scorer.score(prompts, worse)
     return [x - y for x, y in zip(a, b)]
+
+
+def score_groups(scorer: Scorer, prompts: list[str], groups: list[list[str]]) -> list[list[float]]:
+    """Scores of each prompt's candidates; a pairwise scorer ranks each group jointly."""
+    rank = getattr(scorer, "rank", None)
+    if rank is not None:
+        return rank(prompts, groups)
+    flat = scorer.score([p for p, g in zip(prompts, groups) for _ in g], [c for g in groups for c in g])
+    out, i = [], 0
+    for g in groups:
+        out.append(flat[i : i + len(g)])
+        i += len(g)
+    return out

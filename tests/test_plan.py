@@ -1,0 +1,168 @@
+"""`synpo plan`: parameter counts and memory formulas against hand-computed values, and the table."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from synpo.cli import main as cli
+from synpo.errors import UserError
+from synpo.plan import (
+    GiB,
+    Layout,
+    arch_from_config,
+    build_plan,
+    generation_memory,
+    load_arch,
+    parse_gpus,
+    preset_path,
+    training_memory,
+)
+from synpo.recipe import EngineConfig, LoraConfig, TrainConfig, load_recipe
+from tests.conftest import ROOT
+
+LLAMA3 = "princeton-nlp/Llama-3-Base-8B-SFT"
+MISTRAL = "alignment-handbook/zephyr-7b-sft-full"
+
+# Llama-3-8B by hand: V=128256, h=4096, L=32, 32 heads x 128, 8 KV heads, i=14336, untied head.
+EMBED = 128256 * 4096  # 525,336,576
+PER_LAYER = (4096 * 4096 + 2 * 4096 * 1024 + 4096 * 4096) + 3 * 4096 * 14336 + 2 * 4096  # 218,112,000
+LLAMA3_PARAMS = 2 * EMBED + 32 * PER_LAYER + 4096
+
+
+def test_llama3_parameters_and_bf16_weights_by_hand():
+    arch = load_arch(LLAMA3)
+    assert LLAMA3_PARAMS == 8_030_261_248
+    assert arch.params == LLAMA3_PARAMS
+    weights = arch.params * arch.weight_bytes
+    assert weights == 16_060_522_496  # 8B parameters in bf16: ~16 GB (14.96 GiB)
+    assert arch.kv_bytes_per_token() == 2 * 32 * 8 * 128 * 2  # K and V, all layers, bf16: 128 KiB
+
+
+@pytest.mark.parametrize("model", [LLAMA3, MISTRAL])
+def test_formula_matches_transformers_own_count(model):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = json.loads(preset_path(model).read_text())
+    config.pop("_synpo_preset")
+    hf_config = AutoConfig.for_model(config.pop("model_type"), **config)
+    with torch.device("meta"):
+        reference = AutoModelForCausalLM.from_config(hf_config)
+    assert load_arch(model).params == sum(p.numel() for p in reference.parameters())
+
+
+def test_formula_matches_the_tiny_model_with_tied_embeddings():
+    from transformers import AutoModelForCausalLM
+
+    from synpo.toy import TINY_MODEL
+
+    model = AutoModelForCausalLM.from_pretrained(TINY_MODEL)
+    arch = load_arch(str(TINY_MODEL))
+    assert arch.tied and arch.weight_bytes == 4
+    assert arch.params == model.num_parameters()
+
+
+def test_training_memory_by_hand():
+    arch = load_arch(LLAMA3)
+    P = LLAMA3_PARAMS
+    zero3 = Layout(processes=8, kind="deepspeed", zero_stage=3, init_sharded=True)
+    full = TrainConfig(adapter="full", batch_size=1, max_length=2048, gradient_checkpointing=False)
+    m = training_memory(arch, full, zero3, preference=False, loss=None).parts
+    assert (m["weights"], m["grads"], m["optim"]) == (2 * P / 8, 2 * P / 8, 12 * P / 8)
+    assert m["acts"] == 32 * 2048 * (16 * 4096 + 8 * 14336)  # 11.0 GiB without checkpointing
+    assert m["logits"] == 2048 * 128256 * 6
+    # DPO with full fine-tuning adds a frozen reference (sharded too); SimPO has none
+    dpo = training_memory(arch, full, zero3, preference=True, loss="dpo").parts
+    simpo = training_memory(arch, full, zero3, preference=True, loss="simpo").parts
+    assert dpo["reference"] == 2 * P / 8 and "reference" not in simpo
+    assert simpo["acts"] == 2 * m["acts"]  # chosen and rejected go through together
+
+    # LoRA r=16 on all linear layers: r·(in+out) per projection, 16 bytes per trainable parameter
+    lora = TrainConfig(adapter="lora", lora=LoraConfig(r=16), batch_size=1, max_length=2048)
+    per_layer = 16 * ((4096 + 4096) + 2 * (4096 + 1024) + (4096 + 4096) + 3 * (4096 + 14336))
+    assert 32 * per_layer == 41_943_040
+    m = training_memory(arch, lora, Layout(processes=8, kind="ddp"), preference=True, loss="dpo").parts
+    assert m["weights"] == 2 * P and m["adapter+optim"] == 16 * 41_943_040 and "reference" not in m
+
+    # QLoRA: the blocks' linear weights at 4 bits (+ block scales), the rest in bf16
+    qlora = TrainConfig(adapter="lora", quantization="4bit", lora=LoraConfig(r=16), batch_size=1, max_length=2048)
+    linear = 32 * (4096 * 4096 * 2 + 4096 * 1024 * 2 + 3 * 4096 * 14336)
+    m = training_memory(arch, qlora, Layout(), preference=False, loss=None).parts
+    assert m["weights"] == pytest.approx(linear * 0.516 + (P - linear) * 2)
+    assert m["weights"] < 6 * GiB
+
+
+def test_generation_memory_and_vllm_share():
+    arch = load_arch(LLAMA3)
+    engine = EngineConfig(kind="vllm", max_model_len=4096, gpu_memory_utilization=0.9)
+    mem = generation_memory(arch, engine, generations=10_000, prompt_tokens=500, new_tokens=1548)
+    assert mem.parts["KV"] == 256 * 2048 * 131072  # 256 sequences of 2048 tokens: 64 GiB
+    fits, parts, _ = mem.on(parse_gpus("1xA100-80G"))
+    assert fits.startswith("yes, ~")  # over 90 % of 80 GiB: runs with fewer sequences at once
+    assert sum(parts.values()) == pytest.approx(0.9 * 80 * GiB)
+    fits, _, _ = mem.on(parse_gpus("1xRTX4090-16G"))
+    assert fits == "NO"  # 15 GiB of weights + one 4096-token sequence do not fit 90 % of 16 GiB
+    tp2 = generation_memory(arch, EngineConfig(kind="vllm", tensor_parallel_size=2), 10, 100, 100)
+    assert tp2.parts["weights"] == LLAMA3_PARAMS * 2 / 2
+    assert tp2.on(parse_gpus("1xA100-80G"))[0].startswith("NO (needs 2 GPUs)")
+
+
+def test_parse_gpus():
+    g = parse_gpus("8xA100-80G")
+    assert (g.count, g.name, g.memory) == (8, "A100-80G", 80 * GiB)
+    assert parse_gpus("H100-80GB").count == 1 and parse_gpus("4 x L40S-48G").memory == 48 * GiB
+    with pytest.raises(UserError, match="COUNTxNAME-MEMORY"):
+        parse_gpus("eight big GPUs")
+
+
+def test_config_without_decoder_fields_is_a_clear_error():
+    with pytest.raises(UserError, match="hidden_size"):
+        arch_from_config({"model_type": "ranker", "ranker_type": "pairranker"}, "x/ranker", "hub")
+
+
+def test_plan_prints_every_stage_of_every_round(capsys):
+    recipe = ROOT / "recipes" / "llama3-8b-synpo.yaml"
+    assert cli(["plan", str(recipe), "--gpus", "8xA100-80G"]) == 0
+    out = capsys.readouterr().out
+    print(out)
+    assert "8.03B parameters" in out and "ArmoRM" in out
+    for stage in ["prompt generator G", "prompts", "π_{t-1} on seed", "improver data: score", "improver R_t",
+                  "responses", "refine", "pairs: score", "policy θ_t", "eval alpaca_eval", "eval arena_hard"]:
+        assert stage in out, stage
+    for t in range(1, 5):
+        assert f"θ0 → θ{t}" in out and f"θ0 → R{t}" in out
+    assert "SimPO full, ZeRO-3 x8" in out and "≤40.0k pairs" in out  # D grows 10k a round
+    assert "every stage fits" in out
+
+
+def test_plan_verdicts_change_with_the_gpus():
+    recipe = load_recipe(ROOT / "recipes" / "llama3-8b-synpo.yaml", check_files=False)
+    steps, _ = build_plan(recipe)
+    policy = next(s for s in steps if s.stage == "policy θ_t")
+    assert policy.memory.on(parse_gpus("8xA100-80G"))[0] == "yes"
+    assert policy.memory.on(parse_gpus("8xA10-24G"))[0] == "NO"
+    assert policy.memory.on(parse_gpus("4xA100-80G"))[0] == "NO (needs 8 GPUs)"
+    one = load_recipe(ROOT / "recipes" / "llama3-8b-synpo.yaml", ["train.accelerate_config=null",
+                                                                  "train.num_processes=null"], check_files=False)
+    single = next(s for s in build_plan(one)[0] if s.stage == "policy θ_t")
+    # one process, pure bf16 AdamW: weights + gradients + Adam's m and v = 8 bytes per parameter
+    assert single.memory.parts["weights"] + single.memory.parts["grads"] + single.memory.parts["optim"] \
+        == 8 * LLAMA3_PARAMS
+    assert single.memory.on(parse_gpus("1xA100-40G"))[0] == "NO"
+
+
+def test_plan_refuses_custom_code_scorer_without_trust():
+    code = cli(["plan", str(ROOT / "recipes" / "llama3-8b-synpo.yaml"), "--set", "scorer.trust_remote_code=false"])
+    assert code == 2
+
+
+def test_plan_offline_hub_id_is_a_clear_error():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "SYNPO_QUIET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "synpo.cli", "plan", str(ROOT / "recipes" / "llama3-8b-synpo.yaml"),
+                           "--set", "model.path=some-org/not-a-preset-7b"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert "some-org/not-a-preset-7b: cannot read its config.json" in proc.stderr
