@@ -64,7 +64,7 @@ def load_causal_lm(path: str, *, dtype: str = "auto", adapter: str | None = None
     if quantization:
         from synpo.training.quantization import bnb_config
 
-        kwargs.update(quantization_config=bnb_config(quantization), device_map={"": device})
+        kwargs.update(quantization_config=bnb_config(quantization, torch_dtype(dtype)), device_map={"": device})
     model = _from_pretrained(AutoModelForCausalLM.from_pretrained, path, "model", **kwargs)
     if not quantization:
         model.to(device)

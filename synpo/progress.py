@@ -63,6 +63,8 @@ def quiet_libraries() -> None:
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes (extra `bnb`) warns on import on CPUs with AVX512-BF16 that an optional hub kernel is missing.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="trl")
     try:

@@ -55,27 +55,47 @@ def run_child(cmd: list[str], log_path: Path, env: dict | None = None) -> None:
         raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {code}); log: {log_path}\n" + "\n".join(tail))
 
 
+def _accelerate_command(cfg: TrainConfig) -> tuple[list[str], int]:
+    """`accelerate launch` with the recipe's config and/or process count, and the processes it starts."""
+    import yaml
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    file = yaml.safe_load(Path(resolve_path(cfg.accelerate_config)).read_text()) if cfg.accelerate_config else {}
+    file = file or {}
+    if cfg.accelerate_config:
+        cmd += ["--config_file", resolve_path(cfg.accelerate_config)]
+    else:
+        # Only --multi_gpu starts several processes on CPU too (gloo); `--cpu` silently starts one.
+        cmd += ["--multi_gpu", "--num_machines", "1", "--dynamo_backend", "no"]
+    processes = cfg.num_processes or int(file.get("num_processes") or 1)
+    cmd += ["--num_processes", str(processes)]
+    if "main_process_port" not in file and int(file.get("num_machines") or 1) == 1:
+        cmd += ["--main_process_port", "0"]  # a free port: concurrent jobs on one machine must not collide
+    return cmd, processes
+
+
+def _threads_per_rank(requested: int | None, processes: int) -> int:
+    """runtime.threads per process, capped so that all ranks together fit the machine's cores
+    (two threads per rank on two cores was measured 10x slower than one)."""
+    fair = max(1, len(os.sched_getaffinity(0)) // processes)
+    return min(requested or fair, fair)
+
+
 def launch_training(recipe: Recipe, cfg: TrainConfig, spec: dict, logs: Path) -> dict:
     spec = {**spec, "train": cfg.model_dump(mode="json"), "dtype": recipe.model.dtype,
             "trust_remote_code": recipe.model.trust_remote_code, "chat_template": recipe.model.chat_template,
             "threads": recipe.runtime.threads}
     spec_path = Path(spec["work_dir"]) / "spec.json"
+    distributed = cfg.accelerate_config or (cfg.num_processes or 1) > 1
+    if distributed:
+        cmd, processes = _accelerate_command(cfg)
+        spec["threads"] = _threads_per_rank(recipe.runtime.threads, processes)
     spec_path.write_text(json.dumps(spec, indent=2))
-    module = [sys.executable, "-m", "synpo.training.launch", str(spec_path)]
-    if cfg.accelerate_config or (cfg.num_processes or 1) > 1:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch"]
-        if cfg.accelerate_config:
-            cmd += ["--config_file", resolve_path(cfg.accelerate_config)]
-        if cfg.num_processes:
-            cmd += ["--num_processes", str(cfg.num_processes)]
-            import torch
-
-            if not torch.cuda.is_available() and not cfg.accelerate_config:
-                cmd += ["--multi_gpu"]  # on CPU: gloo DDP; `--cpu` would silently start one process
+    if distributed:
         run_child(cmd + ["-m", "synpo.training.launch", str(spec_path)], logs,
-                  env={"OMP_NUM_THREADS": str(recipe.runtime.threads or 1)})
+                  env={"OMP_NUM_THREADS": str(spec["threads"])})
     elif should_isolate(recipe):
-        run_child(module, logs)
+        run_child([sys.executable, "-m", "synpo.training.launch", str(spec_path)], logs)
     else:
         from synpo.training.trainers import train
 

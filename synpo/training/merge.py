@@ -4,10 +4,11 @@
 - LoRA, merge=False: the adapter alone (PEFT format) plus `synpo_model.json` naming its
   base, so vLLM can serve it with a LoRARequest and the hf engine can merge it on load.
 - LoRA, merge=True (the policy θ_t): the adapter folded into a full-precision copy of the
-  base. A 4-bit/8-bit base cannot hold merged weights, so it is reloaded in `dtype` first
-  (dequantised) and the log says so.
-- PeriodicLoRA: earlier stages already live in the base weights, so the output is always
-  the merged model.
+  base. A 4-bit/8-bit base cannot hold merged weights: its quantized weights are dequantized
+  to `dtype` first (the weights the adapter was trained against) and the log says so.
+- PeriodicLoRA: the callback folds the last stage at the end of training, so the base holds
+  the whole update and the output is always the merged model (under ZeRO-3 the sharded
+  base is gathered first).
 
 Everything lands in a temporary directory that replaces the output only when complete.
 """
@@ -41,25 +42,30 @@ def save_trained(trainer, tokenizer, spec: dict, merge: bool, metrics: dict) -> 
     adapter = spec["train"].get("adapter", "lora")
     staging = Path(spec["work_dir"]) / "staging"
     is_main = trainer.accelerator.is_main_process
+    gathered = None
     if adapter != "periodic_lora":
         trainer.save_model(str(staging))
+    elif trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3:
+        # ZeRO-3 shards the (folded) base over the ranks: gather it, collectively, before rank 0 saves.
+        gathered = trainer.accelerator.get_state_dict(trainer.model_wrapped)
     trainer.accelerator.wait_for_everyone()
+    if trainer.is_deepspeed_enabled:
+        # Training is over; rank 0 alone reloads the base below, which under a live ZeRO-3 config
+        # transformers would build partitioned (a collective the other ranks never join).
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
     if not is_main:
         return
     with atomic_dir(spec["output"]) as tmp:
         model = trainer.accelerator.unwrap_model(trainer.model)
         if adapter == "periodic_lora":
-            # Fold the last stage too; the base already holds the earlier ones.
-            model.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+            if gathered is not None:
+                _base_from_peft_state(gathered, spec).save_pretrained(tmp, safe_serialization=True)
+            else:  # the callback folded the last stage at train end: merging adds a zero adapter
+                model.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
         elif isinstance(model, PeftModel) and merge:
-            from synpo.models import load_causal_lm
-
-            if spec["train"].get("quantization"):
-                log(f"merging: the {spec['train']['quantization']} base is reloaded in {spec.get('dtype', 'auto')} "
-                    "(dequantised) to hold the merged weights")
-            merged = load_causal_lm(spec["model"], dtype=spec.get("dtype", "auto"), adapter=str(staging),
-                                    device="cpu", trust_remote_code=spec.get("trust_remote_code", False))
-            merged.save_pretrained(tmp, safe_serialization=True)
+            _merged_lora(model, spec, staging).save_pretrained(tmp, safe_serialization=True)
         else:
             for item in staging.iterdir():
                 if item.name not in ("training_args.bin",) and not item.name.startswith("tokenizer"):
@@ -70,6 +76,46 @@ def save_trained(trainer, tokenizer, spec: dict, merge: bool, metrics: dict) -> 
         _copy_generation_config(spec["model"], tmp)
         (tmp / "train_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def _merged_lora(model, spec: dict, staging: Path):
+    """The saved adapter merged into a full-precision base (CPU). A quantized base is dequantized
+    first: the adapter then sits on exactly the weights it was trained against."""
+    from peft import PeftModel
+
+    from synpo.models import load_causal_lm
+
+    dtype, trust = spec.get("dtype", "auto"), spec.get("trust_remote_code", False)
+    quantization = spec["train"].get("quantization")
+    if not quantization:
+        return load_causal_lm(spec["model"], dtype=dtype, adapter=str(staging), device="cpu", trust_remote_code=trust)
+    from synpo.training.quantization import dequantized_base
+
+    log(f"merging: the {quantization} base is dequantized to {dtype} before the adapter is merged "
+        "(a quantized layer cannot hold merged weights)")
+    base = dequantized_base(model, spec["model"], dtype=dtype, trust_remote_code=trust)
+    return PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
+
+
+def _base_from_peft_state(state: dict, spec: dict):
+    """A base model loaded with the base weights of a PEFT model's full state dict (LoRA dropped:
+    after PeriodicLoRA's final fold the adapter is zero and the base holds the whole update)."""
+    from synpo.models import load_causal_lm
+
+    base = load_causal_lm(spec["model"], dtype=spec.get("dtype", "auto"), device="cpu",
+                          trust_remote_code=spec.get("trust_remote_code", False))
+    weights = {}
+    for key, value in state.items():
+        if "lora_" in key:
+            continue
+        key = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        weights[key] = value
+    missing, unexpected = base.load_state_dict(weights, strict=False)
+    tied = set(getattr(base, "all_tied_weights_keys", {}) or {})
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"PeriodicLoRA save: gathered state does not match the base (missing "
+                           f"{sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
+    return base
 
 
 def _copy_generation_config(base: str, out: Path) -> None:

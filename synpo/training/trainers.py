@@ -52,14 +52,22 @@ def _common_args(cfg: TrainConfig, out_dir: str, seed: int, dtype: str) -> dict:
     )
 
 
+def _load_device() -> str:
+    """Where this rank loads the model. DeepSpeed and FSDP place (and shard) it themselves, so it
+    stays on CPU for them; otherwise each rank takes its own GPU (not all cuda:0)."""
+    if not _device_is_cuda():
+        return "cpu"
+    if any(os.environ.get(v, "false").lower() in ("1", "true") for v in ("ACCELERATE_USE_DEEPSPEED",
+                                                                        "ACCELERATE_USE_FSDP")):
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+
+
 def _prepare_model(spec: dict, cfg: TrainConfig):
     """θ (from spec["model"]) wrapped for training: full, or with a fresh LoRA adapter."""
     from synpo.models import load_causal_lm
 
-    device = "cuda" if _device_is_cuda() else "cpu"
-    if cfg.quantization:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    model = load_causal_lm(spec["model"], dtype=spec.get("dtype", "auto"), device=device,
+    model = load_causal_lm(spec["model"], dtype=spec.get("dtype", "auto"), device=_load_device(),
                            trust_remote_code=spec.get("trust_remote_code", False), quantization=cfg.quantization)
     if cfg.adapter == "full":
         return model
@@ -67,6 +75,9 @@ def _prepare_model(spec: dict, cfg: TrainConfig):
 
     if cfg.quantization:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    from transformers import set_seed
+
+    set_seed(spec["seed"])  # A's random init: the same on every rank and in every run with this seed
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
@@ -88,12 +99,33 @@ def _resume_checkpoint(out_dir: str) -> str | None:
     return str(complete[-1]) if complete else None
 
 
+def _training_data(spec: dict, kind: str):
+    """The job's rows as an on-disk (memory-mapped) dataset in the work dir. TRL caches DPO's
+    precomputed reference log-probs next to a dataset's files, and every rank reads rank 0's
+    cache: an in-memory dataset would cache in a per-process temporary dir that rank 1 cannot see."""
+    import hashlib
+    import json
+
+    from accelerate import PartialState
+    from datasets import Dataset, load_from_disk
+
+    from synpo.io import atomic_dir, read_jsonl
+
+    columns = ("prompt", "completion") if kind == "sft" else ("prompt", "chosen", "rejected")
+    rows = [{k: r[k] for k in columns} for r in read_jsonl(spec["data"])]
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(spec["work_dir"]) / f"dataset-{digest}"
+    with PartialState().main_process_first():
+        if not path.exists():
+            with atomic_dir(path) as tmp:
+                Dataset.from_list(rows).save_to_disk(str(tmp))
+        return load_from_disk(str(path))
+
+
 def train(spec: dict) -> dict:
     """Run one training job described by `spec`; returns its metrics. See module docstring."""
     import torch
-    from datasets import Dataset
 
-    from synpo.io import read_jsonl
     from synpo.models import load_tokenizer
 
     if spec.get("threads"):
@@ -103,9 +135,7 @@ def train(spec: dict) -> dict:
     tokenizer = load_tokenizer(spec["model"], trust_remote_code=spec.get("trust_remote_code", False),
                                chat_template=spec.get("chat_template"))
     model = _prepare_model(spec, cfg)
-    rows = read_jsonl(spec["data"])
-    data = Dataset.from_list([{k: r[k] for k in (("prompt", "completion") if kind == "sft"
-                                                 else ("prompt", "chosen", "rejected"))} for r in rows])
+    data = _training_data(spec, kind)
     trainer_dir = str(Path(spec["work_dir"]) / "trainer")
     args = _common_args(cfg, trainer_dir, spec["seed"], spec.get("dtype", "auto"))
     callbacks = _callbacks(cfg, model)
@@ -137,7 +167,8 @@ def train(spec: dict) -> dict:
                              callbacks=callbacks)
 
     result = trainer.train(resume_from_checkpoint=_resume_checkpoint(trainer_dir))
-    metrics = {"train_loss": round(result.training_loss, 4), "steps": result.global_step}
+    metrics = {"train_loss": round(result.training_loss, 4), "steps": result.global_step,
+               "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2)}  # the loop, not loading
     history = [h for h in trainer.state.log_history if "loss" in h]
     if history:
         metrics["final_loss"] = round(history[-1]["loss"], 4)

@@ -1,0 +1,211 @@
+"""Training modes end to end: LoRA, PeriodicLoRA, full, QLoRA, and multi-process training.
+
+The multi-process tests start real `accelerate launch` jobs (2 CPU processes over gloo, or
+DeepSpeed ZeRO-3 where the `deepspeed` extra is installed) with the command the orchestrator
+builds (`synpo.stages.train._accelerate_command`) and compare them with one process trained
+on the same global batch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, child_env, run_iterate
+from safetensors.torch import load_file
+from training_utils import job_spec, preference_rows, sft_rows, tiny_policy
+
+from synpo.recipe import PolicyTrainConfig
+from synpo.stages.train import _accelerate_command, _threads_per_rank
+
+torch.set_num_threads(1)
+DRIVER = Path(__file__).parent / "rank_dump.py"
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory) -> Path:
+    return tiny_policy(tmp_path_factory.mktemp("policy") / "tiny")
+
+
+def _periodic(adapter: str) -> dict:
+    return {"periodic": {"stage_steps": 2}} if adapter == "periodic_lora" else {}
+
+
+def _run_job(spec: dict, processes: int = 1, accelerate_config: str | None = None, monkeypatch=None) -> None:
+    """One process: in this process. Several: `accelerate launch` with the orchestrator's command,
+    running the driver (the real job, plus a weights dump per rank)."""
+    spec_path = Path(spec["work_dir"]) / "spec.json"
+    spec_path.write_text(json.dumps(spec))
+    if processes == 1 and accelerate_config is None:
+        import rank_dump
+
+        import synpo.training.merge as merge
+        from synpo.training.trainers import train
+
+        monkeypatch.setattr(merge, "save_trained", rank_dump._dump_then_save)
+        train(spec)
+        return
+    cfg = PolicyTrainConfig.model_validate({**spec["train"], "num_processes": processes,
+                                            "accelerate_config": accelerate_config})
+    cmd, n = _accelerate_command(cfg)
+    assert n == processes
+    proc = subprocess.run(cmd + [str(DRIVER), str(spec_path)], capture_output=True, text=True, env=child_env(),
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("loss,adapter", [("dpo", "periodic_lora"), ("simpo", "periodic_lora"), ("simpo", "full")])
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, policy, loss, adapter, monkeypatch):
+    rows = preference_rows(32)
+    common = dict(loss=loss, adapter=adapter, max_steps=6, **_periodic(adapter))
+    two = job_spec(tmp_path, policy, "preference", rows, name="two", batch_size=2, **common)
+    one = job_spec(tmp_path, policy, "preference", rows, name="one", batch_size=4, **common)
+    _run_job(two, processes=2)
+    _run_job(one, processes=1, monkeypatch=monkeypatch)
+
+    rank0, rank1 = (load_file(str(Path(two["work_dir"]) / f"rank{r}.safetensors")) for r in (0, 1))
+    assert _max_diff(rank0, rank1) == 0.0  # DDP ranks end bit-identical (folds included)
+    single = load_file(str(Path(one["work_dir"]) / "rank0.safetensors"))
+    assert _max_diff(rank0, single) < 1e-5
+    # The saved (merged) models agree too, and training moved them away from the start.
+    merged_two = load_file(str(Path(two["output"]) / "model.safetensors"))
+    merged_one = load_file(str(Path(one["output"]) / "model.safetensors"))
+    assert _max_diff(merged_two, merged_one) < 1e-5
+    start = load_file(str(policy / "model.safetensors"))
+    assert _max_diff(merged_two, start) > 1e-4
+    metrics = json.loads((Path(two["output"]) / "train_metrics.json").read_text())
+    assert metrics["steps"] == 6
+
+
+def test_accelerate_command_starts_several_cpu_processes_on_a_free_port(tmp_path):
+    cmd, n = _accelerate_command(PolicyTrainConfig(num_processes=2))
+    assert n == 2 and "--multi_gpu" in cmd and "--cpu" not in cmd  # `--cpu` would start one process
+    assert cmd[cmd.index("--main_process_port") + 1] == "0"
+    ddp = str(ROOT / "recipes" / "accelerate" / "ddp.yaml")
+    cmd, n = _accelerate_command(PolicyTrainConfig(accelerate_config=ddp))
+    assert n == 2 and cmd[cmd.index("--config_file") + 1] == ddp and "--multi_gpu" not in cmd
+    cmd, n = _accelerate_command(PolicyTrainConfig(accelerate_config=ddp, num_processes=3))
+    assert n == 3 and cmd[cmd.index("--num_processes") + 1] == "3"
+    assert _threads_per_rank(8, 1) >= 1
+    assert _threads_per_rank(8, 2) <= max(1, len(__import__("os").sched_getaffinity(0)) // 2)
+
+
+def test_recipe_naming_an_accelerate_config_launches_a_child(monkeypatch, tmp_path):
+    """launch_training runs `accelerate launch --config_file FILE ... -m synpo.training.launch SPEC`."""
+    import synpo.stages.train as stage
+    from synpo.recipe import Recipe
+
+    seen = {}
+    monkeypatch.setattr(stage, "run_child", lambda cmd, log, env=None: seen.update(cmd=cmd, env=env))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train_metrics.json").write_text('{"steps": 1}')
+    config = str(ROOT / "recipes" / "accelerate" / "deepspeed_zero3.yaml")
+    recipe = Recipe.model_validate({"train": {"accelerate_config": config}, "runtime": {"threads": 2}})
+    spec = {"kind": "preference", "model": "m", "data": "d", "output": str(out), "work_dir": str(tmp_path), "seed": 0}
+    assert stage.launch_training(recipe, recipe.train, spec, tmp_path / "log") == {"steps": 1}
+    assert seen["cmd"][1:3] == ["-m", "accelerate.commands.launch"]
+    assert seen["cmd"][-3:] == ["-m", "synpo.training.launch", str(tmp_path / "spec.json")]
+    assert config in seen["cmd"]
+    written = json.loads((tmp_path / "spec.json").read_text())
+    assert int(seen["env"]["OMP_NUM_THREADS"]) == written["threads"] <= 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="the deepspeed extra is not installed")
+@pytest.mark.parametrize("loss,adapter", [("dpo", "periodic_lora"), ("simpo", "lora")])
+def test_deepspeed_zero3_on_cpu_matches_one_process(tmp_path, policy, loss, adapter, monkeypatch):
+    rows = preference_rows(32)
+    common = dict(loss=loss, adapter=adapter, max_steps=4, **_periodic(adapter))
+    zero3 = job_spec(tmp_path, policy, "preference", rows, name="zero3", batch_size=2, **common)
+    one = job_spec(tmp_path, policy, "preference", rows, name="one", batch_size=4, **common)
+    _run_job(zero3, processes=2, accelerate_config=str(ROOT / "recipes" / "accelerate" / "deepspeed_zero3.yaml"))
+    _run_job(one, processes=1, monkeypatch=monkeypatch)
+    merged_zero3 = load_file(str(Path(zero3["output"]) / "model.safetensors"))
+    merged_one = load_file(str(Path(one["output"]) / "model.safetensors"))
+    assert _max_diff(merged_zero3, merged_one) < 1e-4  # ZeRO reduces in its own order
+
+
+def _bnb_runs_here() -> bool:
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return False
+    try:
+        from synpo.training.quantization import bnb_config
+
+        bnb_config("4bit")
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.skipif(not _bnb_runs_here(), reason="bitsandbytes (extra `bnb`) is not installed or does not run here")
+@pytest.mark.parametrize("bits", ["4bit", "8bit"])
+def test_qlora_trains_and_merges_into_a_dequantized_base(tmp_path, policy, bits, capfd):
+    from synpo.models import load_causal_lm
+    from synpo.training.trainers import train
+
+    spec = job_spec(tmp_path, policy, "preference", preference_rows(16), name=bits, adapter="lora",
+                    quantization=bits, max_steps=3)
+    metrics = train(spec)
+    assert metrics["steps"] == 3
+    assert "dequantized" in capfd.readouterr().err
+    merged = load_causal_lm(spec["output"], dtype="float32")
+    start = load_causal_lm(str(policy), dtype="float32")
+    weight = dict(merged.named_parameters())["model.layers.0.self_attn.q_proj.weight"]
+    assert weight.dtype == torch.float32 and type(weight).__name__ == "Parameter"  # a plain full-precision model
+    assert (weight - dict(start.named_parameters())["model.layers.0.self_attn.q_proj.weight"]).abs().max() > 0
+
+
+@pytest.mark.skipif(not _bnb_runs_here(), reason="bitsandbytes (extra `bnb`) is not installed or does not run here")
+def test_dequantized_merge_computes_what_was_trained(tmp_path, policy):
+    """Quantized base + adapter (the trained function) == the adapter merged into the dequantized base."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from synpo.models import load_causal_lm
+    from synpo.training.quantization import dequantized_base
+
+    quantized = load_causal_lm(str(policy), dtype="float32", quantization="4bit")
+    model = get_peft_model(quantized, LoraConfig(r=4, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)  # a trained-looking adapter
+    model.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[1, 20, 33, 47, 51, 60, 71]])
+    with torch.no_grad():
+        # train mode: bitsandbytes' fp32 path (in eval it may switch to a bf16 CPU kernel and repack)
+        trained = model.train()(input_ids=ids).logits
+        merged = PeftModel.from_pretrained(dequantized_base(model, str(policy), dtype="float32"),
+                                           str(tmp_path / "adapter")).merge_and_unload()
+        naive = load_causal_lm(str(policy), dtype="float32", adapter=str(tmp_path / "adapter"))
+        gap_merged = (merged(input_ids=ids).logits - trained).abs().max().item()
+        gap_naive = (naive(input_ids=ids).logits - trained).abs().max().item()
+    assert gap_merged < 1e-4 < 1e-2 < gap_naive  # the original full-precision base is not what was trained
+
+
+def test_full_and_lora_sft_still_train(tmp_path, policy):
+    from synpo.training.trainers import train
+
+    for adapter in ("full", "lora"):
+        spec = job_spec(tmp_path, policy, "sft", sft_rows(16), name=adapter, adapter=adapter, max_steps=3)
+        spec["merge"] = False
+        assert train(spec)["steps"] == 3
+        files = {p.name for p in Path(spec["output"]).iterdir()}
+        assert ("adapter_model.safetensors" in files) == (adapter == "lora")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("adapter", ["periodic_lora", "full"])
+def test_tiny_recipe_runs_with_adapter(tmp_path, adapter):
+    proc = run_iterate(tmp_path / "run", f"train.adapter={adapter}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "run" / "round_01" / "policy" / "train_metrics.json").read_text())
+    assert metrics["steps"] == 12
