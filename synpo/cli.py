@@ -1,4 +1,4 @@
-"""The `synpo` command: `synpo iterate`, `synpo eval`, `synpo report`, ...
+"""The `synpo` command: `synpo iterate`, `synpo eval`, `synpo report`, `synpo plan`, `synpo export`, ...
 
 Each subcommand is also a module entry point (`python -m synpo.iterate`, ...). Bad input
 ends with a one-line error and exit code 2; nothing is written.
@@ -52,6 +52,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from synpo.plan import main as plan_main
+
+    return plan_main(args.recipe, args.set, args.gpus)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from synpo.export import export
+
+    info = export(args.run_dir, args.round, args.to, fmt=args.format, model=not args.no_model,
+                  test_fraction=args.test_fraction)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synpo",
                                      description="Self-boosting alignment with synthetic preference data.")
@@ -74,6 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write report.md / report.html for a run directory")
     p.add_argument("run_dir")
     p.set_defaults(fn=cmd_report)
+
+    p = sub.add_parser("plan", help="validate a recipe and print every stage's work and peak GPU memory")
+    p.add_argument("recipe")
+    p.add_argument("--gpus", default="8xA100-80G", help="the GPUs to check against, e.g. 8xA100-80G, 4xH100-80G")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    p.set_defaults(fn=cmd_plan)
+
+    p = sub.add_parser("export", help="write a run's preference data and round checkpoint for other pipelines")
+    p.add_argument("run_dir")
+    p.add_argument("--round", type=int, required=True, help="export D up to this round and this round's policy")
+    p.add_argument("--to", required=True, help="a directory, or hf://OWNER/NAME to upload to the Hugging Face Hub")
+    p.add_argument("--format", default="trl", choices=["trl", "alignment-handbook", "llamafactory"])
+    p.add_argument("--no-model", action="store_true", help="export the data only")
+    p.add_argument("--test-fraction", type=float, default=0.05, help="alignment-handbook: share of test_prefs")
+    p.set_defaults(fn=cmd_export)
     return parser
 
 

@@ -49,7 +49,7 @@ class Loop:
         self.theta0_fp = fingerprint(section(recipe, "model"))
         self.seed_rows = load_seed(recipe.data.seed)
         self.seed_fp = fingerprint(section(recipe, "data.seed"), [r["id"] for r in self.seed_rows])
-        self.scorer = make_scorer(recipe.scorer)
+        self.scorer = make_scorer(recipe.scorer, device=recipe.runtime.device)
         self.scorer_fp = fingerprint(section(recipe, "scorer"))
         self.logs = run.dir / "logs"
         self.synpo = recipe.pairs.strategy == "synpo"
@@ -117,6 +117,7 @@ class Loop:
         self.run.stage(f"round_{t:02d}/improver_data", data_fp,
                        lambda work: improver_data(r, t, policy, self.seed_rows, data, work, self.scorer),
                        outputs=[data])
+        self.scorer.close()  # a reward model's GPU memory goes back before the next stage's engine starts
         out = self.round_dir(t) / "improver"
         fp = fingerprint(data_fp, self.theta0_fp, section(r, "improver.train"))
         self.run.stage(f"round_{t:02d}/improver", fp, lambda work: sft_stage(
@@ -153,6 +154,7 @@ class Loop:
         self.run.stage(f"round_{t:02d}/pairs", fp,
                        lambda work: build_pairs(self.recipe, t, responses, refined, out, self.scorer),
                        outputs=[out])
+        self.scorer.close()
         return out, fp
 
     def policy(self, t: int, pairs_fps: list[str], previous: str, previous_fp: str) -> tuple[str, str]:

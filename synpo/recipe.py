@@ -6,12 +6,16 @@ UserError listing every problem as `file: yaml.path: message`. Nothing runs befo
 
 Paths: relative paths are relative to the current directory; `toy:NAME` names a file or
 directory shipped in synpo/toy/assets (the embedded tiny model and toy data).
+
+Variants: a recipe may start with `base: other.yaml` (relative to the recipe file); it is then
+that recipe with this file's keys laid over it (e.g. recipes/llama3-8b-synpo-lora.yaml).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -66,6 +70,11 @@ class CorpusData(Section):
     split: str = "train"
     limit: PositiveInt | None = None
     """Read at most this many paragraphs (a corpus is streamed, never loaded whole)."""
+    subset: str | None = None
+    """hf: the `datasets` configuration name (e.g. FineWeb's sample-10BT)."""
+    split_paragraphs: bool = False
+    """Split each row into paragraphs at line breaks (web documents such as RefinedWeb or FineWeb
+    rows hold a whole page); text files are always split at blank lines."""
 
 
 class DataConfig(Section):
@@ -86,16 +95,33 @@ class EngineConfig(Section):
     python: str | None = None
     """vllm: a Python executable of a separate vLLM environment (run as a child process)."""
     tensor_parallel_size: PositiveInt = 1
+    """vllm: GPUs one model is split over."""
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    """vllm: fraction of GPU memory vLLM may take (weights + KV cache)."""
     max_model_len: PositiveInt | None = None
+    """vllm: context length (default: the model's)."""
     # openai
     base_url: str | None = None
+    """openai: the server's OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."""
     model: str | None = None
+    """openai: model name sent to the server (default: the stage's model path)."""
     api_key_env: str | None = None
     """Name of the environment variable holding the API key (the key itself is never stored)."""
     concurrency: PositiveInt = 8
+    """openai: requests in flight at once."""
     max_retries: int = Field(default=6, ge=0)
+    """openai: retries of a request after a timeout, connection error, 429 or 5xx."""
     timeout: PositiveFloat = 120.0
+    """openai: seconds to wait for one answer."""
+    retry_backoff: PositiveFloat = 1.0
+    """openai: first retry delay in seconds; doubles each retry (with jitter), at most 60 s."""
+    extra_body: dict[str, Any] = {}
+    """openai: extra JSON fields sent with every request (`transformers serve` samples only with
+    generation_config: '{"do_sample": true}')."""
+    cache: bool = True
+    """openai: keep finished requests in a persistent cache, so a rerun never sends one twice."""
+    cache_dir: str | None = None
+    """openai: the cache's directory (default: $SYNPO_CACHE_DIR, else ~/.cache/synpo)."""
 
     @model_validator(mode="after")
     def _openai_needs_url(self):
@@ -111,15 +137,29 @@ class SamplingConfig(Section):
 
 
 class ScorerConfig(Section):
+    """The scorer rating responses (the paper's reward model). Gap thresholds (`improver.gap`,
+    `pairs.gap`) are in its own units: toy checker credit 0-1; reward_model, the difference of
+    its scores (ArmoRM: the paper's τ 0.02); pairwise, PairRM's logit(A over B) - logit(B over A)
+    (the paper's τ 0.20); judge, rating points on 1-10. See synpo/scoring/."""
+
     kind: Literal["toy", "reward_model", "pairwise", "judge"] = "toy"
     path: str | None = None
     """reward_model / pairwise: model directory or hub id."""
     batch_size: PositiveInt = 16
+    """reward_model / pairwise: conversations per forward pass."""
     max_length: PositiveInt = 2048
+    """reward_model: conversations are cut to this many tokens (counted and logged)."""
     trust_remote_code: bool = False
+    """reward_model: run the model's own code (ArmoRM needs it); off unless the recipe says so."""
     judge: EngineConfig | None = None
     """judge: the OpenAI-compatible endpoint of the judging LLM."""
     template: str = "judge_score.jinja"
+    """judge: the scoring prompt, a name in prompts/ or a Jinja file (fields: prompt, response)."""
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _judge_kind(cls, v):
+        return {"kind": "openai", **v} if isinstance(v, dict) else v
 
     @model_validator(mode="after")
     def _needs(self):
@@ -146,8 +186,10 @@ class PeriodicConfig(Section):
     stages: PositiveInt | None = None
     """... or split training into this many equal stages (give one of the two)."""
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    """Fraction of the adapter's update kept in the adapter at a fold (0 = plain fold)."""
+    """Fraction of the adapter's update kept in the adapter at a fold (0 = plain fold): the base takes
+    (1 - m)·ΔW and B ← m·B (see synpo.training.periodic_lora)."""
     restart_warmup: bool = False
+    """Restart the learning-rate warm-up (the train section's warmup_ratio) after every fold."""
 
     @model_validator(mode="after")
     def _one_of(self):
@@ -178,6 +220,8 @@ class TrainConfig(Section):
     accelerate_config: str | None = None
     """Launch this stage with `accelerate launch --config_file FILE` as a child process."""
     num_processes: PositiveInt | None = None
+    """Train this stage on N processes (`accelerate launch`, a child process; on a CPU: N gloo
+    processes). Overrides the accelerate config's num_processes."""
 
     @model_validator(mode="after")
     def _periodic(self):
@@ -225,7 +269,8 @@ class PromptGeneratorConfig(Section):
 
 class ImproverConfig(Section):
     gap: float = 0.2
-    """τ: keep a seed row when score(gold) - score(π_{t-1} answer) exceeds this (scorer units)."""
+    """τ: keep a seed row when score(gold) - score(π_{t-1} answer) exceeds this, in the scorer's own
+    units (see ScorerConfig: a τ tuned for one scorer means nothing for another)."""
     keep_below_gap: Fraction = 0.0
     """Also keep this fraction of the rows at or below the gap (the paper: 0). With an exact
     scorer a right answer ties with gold; without such rows the improver only ever sees
@@ -247,7 +292,8 @@ class PairsConfig(Section):
     k: Annotated[int, Field(ge=2)] = 4
     """sampling_ranking: samples of π_{t-1} per prompt; best is chosen, worst rejected."""
     gap: float = 0.2
-    """τ: keep a pair when score(chosen) - score(rejected) exceeds this (scorer units)."""
+    """τ: keep a pair when score(chosen) - score(rejected) exceeds this, in the scorer's own units
+    (see ScorerConfig)."""
     max_repetition: Fraction = 0.5
     """Drop a side whose fraction of repeated n-grams exceeds this."""
     repetition_ngram: PositiveInt = 3
@@ -261,11 +307,38 @@ class EvalConfig(Section):
     """Evaluate a fixed-seed subsample of this many items per suite (quick checks)."""
     sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=64)
     judge: EngineConfig | None = None
-    """The judging LLM for alpaca_eval / arena_hard / mt_bench (OpenAI-compatible)."""
+    """The judging LLM for alpaca_eval / arena_hard / mt_bench (OpenAI-compatible; kind defaults to openai)."""
+    judge_max_tokens: PositiveInt | None = None
+    """Cap on the judge's reply tokens (default: each suite's official budget: 16 / 4096 / 2048)."""
+    max_failed_judgments: Fraction = 0.0
+    """Fraction of a suite's judge requests allowed to fail after retries (counted in the metrics);
+    above it the suite stops with an error and a re-run retries them (finished ones are cached)."""
+    bootstrap_rounds: PositiveInt = 100
+    """arena_hard: bootstrap resamples for the 95 % confidence interval (arena-hard-auto: 100)."""
     alpaca_eval_backend: Literal["builtin", "official"] = "builtin"
+    """builtin: synpo's judge and LC fit; official: the alpaca_eval package (if installed) judges."""
+    alpaca_eval_annotator: str = "weighted_alpaca_eval_gpt4_turbo"
+    """official backend: alpaca_eval's annotators config (name or path); its judge model is set there."""
     data_dir: str | None = None
-    """Directory holding the evaluation sets (alpaca_eval/, arena_hard/, mt_bench/)."""
+    """Directory holding the evaluation sets (alpaca_eval/, arena_hard/, mt_bench/); default: the
+    shared data dir ../shared/data of a source checkout, then the sets shipped in synpo/evals/data."""
     engine: EngineConfig | None = None
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _judge_kind(cls, v):
+        return {"kind": "openai", **v} if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _judged_suites_need_a_judge(self):
+        judged = [s for s in self.suites if s in ("arena_hard", "mt_bench")
+                  or (s == "alpaca_eval" and self.alpaca_eval_backend == "builtin")]
+        if judged and self.judge is None:
+            raise ValueError(f"judge: required for suite(s) {', '.join(judged)} "
+                             "(an OpenAI-compatible endpoint: base_url, model, api_key_env)")
+        if self.judge is not None and (self.judge.kind != "openai" or not self.judge.model):
+            raise ValueError("judge: needs kind openai and a model name")
+        return self
 
 
 class RuntimeConfig(Section):
@@ -373,11 +446,41 @@ def _check_files(recipe: Recipe, source: str) -> list[str]:
         python = recipe.engine_for(stage).python
         if python and not Path(python).exists():
             problems.append(f"{source}: {stage}.engine.python: file does not exist: {python}")
+        key_env = recipe.engine_for(stage).api_key_env
+        if recipe.engine_for(stage).kind == "openai" and key_env and not os.environ.get(key_env):
+            problems.append(f"{source}: {stage}.engine.api_key_env: the environment variable {key_env} is not set")
     for field in ("prompt_generator.train", "improver.train", "train"):
         section = recipe.train if field == "train" else getattr(recipe, field.split(".")[0]).train
         if section.accelerate_config and not Path(resolve_path(section.accelerate_config)).exists():
             problems.append(f"{source}: {field}.accelerate_config: file does not exist: {section.accelerate_config}")
     return problems
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _with_base(raw: dict, path: Path, depth: int = 0) -> dict:
+    """`base: OTHER.yaml` (relative to this file): OTHER with this file's keys laid over it, section by
+    section (lists and values replace). The name, and so the run directory, stays this file's own."""
+    if "base" not in raw:
+        return raw
+    base_path = path.parent / str(raw.pop("base"))
+    if not base_path.is_file():
+        raise UserError(f"{path}: base: file does not exist: {base_path}")
+    if depth > 8:
+        raise UserError(f"{path}: base: recipes nest more than 8 deep (a cycle?)")
+    try:
+        base = yaml.safe_load(base_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{base_path}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(base, dict):
+        raise UserError(f"{base_path}: a recipe is a YAML mapping of sections")
+    base.pop("name", None)
+    return _merge(_with_base(base, base_path, depth + 1), raw)
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] = (), check_files: bool = True) -> Recipe:
@@ -397,6 +500,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), check_files:
         if not isinstance(raw, dict):
             raise UserError(f"{path}: a recipe is a YAML mapping of sections")
         raw.setdefault("name", p.stem)
+        raw = _with_base(raw, p)
     for assignment in overrides:
         apply_override(raw, assignment)
     try:

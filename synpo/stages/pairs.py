@@ -18,7 +18,7 @@ from pathlib import Path
 
 from synpo.io import atomic_dir, read_jsonl, write_json, write_jsonl
 from synpo.recipe import Recipe
-from synpo.scoring import score_gaps
+from synpo.scoring import score_gaps, score_groups
 
 
 def repetition(text: str, n: int = 3) -> float:
@@ -43,14 +43,11 @@ def _candidates(recipe: Recipe, t: int, responses: Path, refined: Path | None, s
     """(row, chosen, rejected, chosen_finish, rejected_finish, gap) for each prompt."""
     rows = read_jsonl(responses)
     if recipe.pairs.strategy == "sampling_ranking":
-        flat_prompts = [r["prompt"] for r in rows for _ in r["samples"]]
-        flat = [s for r in rows for s in r["samples"]]
-        scores = scorer.score(flat_prompts, flat)
-        out, i = [], 0
-        for r in rows:
+        # score_groups: a pairwise scorer (PairRM) ranks each prompt's k samples jointly
+        groups = score_groups(scorer, [r["prompt"] for r in rows], [r["samples"] for r in rows])
+        out = []
+        for r, s in zip(rows, groups):
             k = len(r["samples"])
-            s = scores[i : i + k]
-            i += k
             best, worst = max(range(k), key=s.__getitem__), min(range(k), key=s.__getitem__)
             out.append((r, r["samples"][best], r["samples"][worst], r["finish_reasons"][best],
                         r["finish_reasons"][worst], s[best] - s[worst]))
