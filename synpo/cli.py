@@ -34,9 +34,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
-        from synpo.progress import console
+        from synpo.progress import results
 
-        console.print(toy.table(metrics, title=f"toy benchmark: {args.model}"))
+        results.print(toy.table(metrics, title=f"toy benchmark: {args.model}"))
     return 0
 
 

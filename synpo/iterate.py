@@ -189,10 +189,10 @@ class Loop:
                                s, evaluate_suite(r, s, model, o, work)).items() if isinstance(v, float)},
                            outputs=[out / "metrics.json"])
         rows = rebuild_metrics(self.run.dir, r.rounds, r.eval.suites)
-        from synpo.progress import console, quiet
+        from synpo.progress import quiet, results
 
         if not quiet():
-            console.print(metrics_table(rows))
+            results.print(metrics_table(rows))
 
     def report(self) -> None:
         from synpo.report import write_report

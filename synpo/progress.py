@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 console = Console(stderr=True, highlight=False)
+# Results (tables a user may pipe or redirect) go to stdout; logs and bars stay on stderr.
+results = Console(highlight=False)
 
 
 def quiet() -> bool:

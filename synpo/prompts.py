@@ -5,7 +5,9 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+# synpo/prompt_templates is a symlink to the top-level prompts/ folder, so that the templates
+# are edited in one place and still ship inside the wheel.
+PROMPTS_DIR = Path(__file__).parent / "prompt_templates"
 
 
 @cache
@@ -13,8 +15,6 @@ def _template(name: str):
     import jinja2
 
     path = PROMPTS_DIR / f"{name}.jinja"
-    if not path.exists():  # installed as a package: templates ship inside it
-        path = Path(__file__).parent / "prompt_templates" / f"{name}.jinja"
     return jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False).from_string(
         path.read_text(encoding="utf-8"))
 

@@ -328,8 +328,7 @@ def test_tiny_loop_with_responses_served_by_transformers_serve(live_server, tmp_
     proc = run_iterate(run_dir, "responses.engine.kind=openai", f"responses.engine.base_url={live_server.base_url}",
                        f"responses.engine.cache_dir={tmp_path / 'cache'}", "responses.engine.concurrency=4",
                        "responses.engine.shard_size=32",
-                       """responses.engine.extra_body={generation_config: '{"do_sample": true}'}""",
-                       "prompt_generator.train.max_steps=48")  # enough for G to write parseable prompts
+                       """responses.engine.extra_body={generation_config: '{"do_sample": true}'}""")
     assert proc.returncode == 0, proc.stderr[-3000:]
     responses = read_jsonl(run_dir / "round_01" / "responses.jsonl")
     prompts = read_jsonl(run_dir / "round_01" / "prompts.jsonl")

@@ -32,8 +32,6 @@ def judge_prompts() -> dict[str, dict]:
     from synpo.prompts import PROMPTS_DIR
 
     path = PROMPTS_DIR / "mt_bench_judge_prompts.jsonl"
-    if not path.exists():  # installed as a package
-        path = Path(__file__).resolve().parent.parent / "prompt_templates" / "mt_bench_judge_prompts.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     return {r["name"]: r for r in rows}
 

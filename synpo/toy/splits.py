@@ -35,6 +35,7 @@ TASK_WORDS = {
     "size": ["largest", "smallest", "biggest", "lowest", "maximum", "minimum"],
     "noun": ["numbers", "words", "letters", "list", "order", "number"],
     "style": ["capital", "uppercase", "upper"],
+    "arith": ["plus", "minus", "add", "subtract", "sum"],
 }
 
 SENTENCES = [
@@ -50,6 +51,9 @@ SENTENCES = [
     "{name} tried to {verb} the {noun} {order} while holding a {item}.",
     "Numbers like {n} and {m} are easy to {verb} for {name}.",
     "The teacher told {name} to keep only the {category} and {verb} the rest.",
+    "{name} knows that {n} {arith} {m} is easy to work out.",
+    "The {size} of the {noun} and the {size2} of the {category} are on the board.",
+    "After lunch {name} wrote {number} {category} in {style} letters.",
 ]
 NUMBER_WORDS = ["two", "three", "four", "five", "six", "seven"]
 
@@ -72,6 +76,7 @@ def _paragraph(rng: random.Random) -> str:
             "category": rng.choice(list(CATEGORIES)),
             "color": rng.choice(CATEGORIES["colors"]),
             "number": rng.choice(NUMBER_WORDS),
+            "size2": rng.choice(TASK_WORDS["size"]),
             "n": rng.randint(0, 99),
             "m": rng.randint(0, 99),
             **{slot: rng.choice(words) for slot, words in TASK_WORDS.items()},
