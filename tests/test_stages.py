@@ -22,17 +22,28 @@ def test_content_keywords_drop_stopwords_numbers_and_names():
 def test_seed_keywords_take_k_own_and_noise_from_the_other_prompt():
     rng = random.Random(0)
     prompt = "Sort these numbers in ascending order: 3, 1, 2"
-    other = "Convert these words to uppercase: tiger lemon"
+    other = ["Convert these words to uppercase: tiger lemon"]
     for _ in range(20):
         kws = seed_keywords(prompt, other, rng, k=2, noise=1)
         own = [w for w in kws if w in content_keywords(prompt)]
         noise = [w for w in kws if w not in content_keywords(prompt)]
         assert len(own) == 2 and len(noise) == 1
-        assert noise[0] in content_keywords(other)
+        assert noise[0] in content_keywords(other[0])
     orders = {tuple(seed_keywords(prompt, other, rng)) for _ in range(30)}
     assert len(orders) > 5  # shuffled, not always the same triple in the same order
-    assert seed_keywords("What is 3 plus 4?", other, rng) is not None  # fewer than k: use what there is
     assert seed_keywords("Is it?", other, rng) is None
+
+
+def test_a_prompt_with_one_keyword_gets_more_noise_so_the_generator_always_sees_three():
+    rng = random.Random(0)
+    others = ["Convert these words to uppercase: tiger lemon", "Sort the numbers descending: 3, 1"]
+    for _ in range(20):
+        kws = seed_keywords("What is 3 plus 4?", others, rng, k=2, noise=1)
+        assert len(kws) == 3 and "plus" in kws
+        noise = [w for w in kws if w != "plus"]
+        # one noise keyword from each other prompt, so the noise is never a coherent pair
+        assert sum(w in content_keywords(others[0]) for w in noise) == 1
+        assert sum(w in content_keywords(others[1]) for w in noise) == 1
 
 
 def test_corpus_keywords_come_from_one_paragraph():

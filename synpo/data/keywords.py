@@ -62,19 +62,29 @@ def content_keywords(text: str) -> list[str]:
     return keywords
 
 
-def seed_keywords(prompt: str, other_prompt: str, rng: random.Random, k: int = 2, noise: int = 1) -> list[str] | None:
-    """k content keywords of `prompt` (all of them when it has fewer) plus `noise` keywords
-    of another prompt, shuffled.
+def seed_keywords(prompt: str, other_prompts: list[str], rng: random.Random, k: int = 2,
+                  noise: int = 1) -> list[str] | None:
+    """k content keywords of `prompt` plus noise keywords of other prompts, shuffled: always
+    k + noise keywords when the other prompts have enough, one keyword per other prompt.
 
-    None when `prompt` has no content keyword. Noise keywords are drawn among the other
-    prompt's keywords that `prompt` does not contain, so the noise really is off-topic.
+    A prompt with fewer than k content keywords gets more noise in their place, so that the
+    generator always sees as many keywords as corpus triples give it at generation time;
+    otherwise it learns that a 3-keyword input never asks for a one-keyword task ("What is
+    the maximum of ...") and never writes one. None when `prompt` has no content keyword.
+    Noise keywords are drawn among words `prompt` does not contain, so noise is off-topic.
     """
     own = content_keywords(prompt)
     if not own:
         return None
     chosen = rng.sample(own, min(k, len(own)))
-    others = [w for w in content_keywords(other_prompt) if w not in own]
-    chosen += rng.sample(others, min(noise, len(others)))
+    wanted = k + noise - len(chosen)
+    for other in other_prompts:
+        if wanted == 0:
+            break
+        candidates = [w for w in content_keywords(other) if w not in own and w not in chosen]
+        if candidates:
+            chosen.append(rng.choice(candidates))
+            wanted -= 1
     rng.shuffle(chosen)
     return chosen
 

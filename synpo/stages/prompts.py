@@ -1,8 +1,9 @@
 """The self-prompt generator G: its training data, its training, and the prompts it writes.
 
 Training data (once): for each seed prompt x*_i, 2 of its content keywords plus 1 keyword of
-another seed prompt x*_j (noise), shuffled, fill the question-generation template; the
-target is `<question>x*_i</question>\n<solution>y*_i</solution>`. G is fine-tuned from θ0.
+another seed prompt x*_j (noise), shuffled, fill the question-generation template (a prompt
+with a single keyword gets a second noise keyword, so G always sees three); the target is
+`<question>x*_i</question>\n<solution>y*_i</solution>`. G is fine-tuned from θ0.
 
 Each round: keyword triples come from corpus paragraphs (3 keywords of one paragraph); G
 samples a question for each; the text inside <question> is kept unless it is unparseable,
@@ -34,10 +35,11 @@ QUESTION_END = ["</question>", "<solution>", "</solution>"]
 def generator_training_rows(seed_rows: list[dict], k: int, noise: int, rng: random.Random) -> list[dict]:
     """Keyword -> question/solution SFT rows from the seed set (conversational prompt/completion)."""
     rows = []
-    for _i, row in enumerate(seed_rows):
-        other = seed_rows[rng.randrange(len(seed_rows) - 1)] if len(seed_rows) > 1 else row
-        other = seed_rows[-1] if other is row else other  # never the prompt itself
-        keywords = seed_keywords(row["prompt"], other["prompt"], rng, k=k, noise=noise)
+    for i, row in enumerate(seed_rows):
+        # other prompts than the row itself, enough to fill in for a prompt with few keywords
+        picks = rng.sample(range(len(seed_rows)), min(len(seed_rows), k + noise + 1))
+        others = [seed_rows[j] for j in picks if j != i]
+        keywords = seed_keywords(row["prompt"], [o["prompt"] for o in others], rng, k=k, noise=noise)
         if keywords is None:
             continue
         rows.append({
