@@ -349,3 +349,32 @@ def test_generation_stage_sigkilled_half_way_regenerates_only_missing_shards(hf,
     assert engine.calls == 6 - finished
     uninterrupted = generate_sharded(hf, stage_requests(), STAGE_SAMPLING, tmp_path / "whole", shard_size=8)
     assert resumed == uninterrupted
+
+
+def test_recipe_chat_template_overrides_the_tokenizers_in_every_local_engine(tmp_path):
+    template = tmp_path / "template.jinja"
+    template.write_text("{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}"
+                        "{% if add_generation_prompt %}ANSWER:{% endif %}")
+    engine = make_engine(EngineConfig(kind="hf", batch_size=2), TINY_MODEL, chat_template=str(template))
+    try:
+        text = engine.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                                    add_generation_prompt=True)
+    finally:
+        engine.close()
+    assert text == "<<hi>>ANSWER:"
+    plain = HFEngine(str(TINY_MODEL), batch_size=2)
+    assert "<<hi>>" not in plain.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+
+
+@needs_vllm
+def test_recipe_chat_template_reaches_the_vllm_worker(tmp_path):
+    template = ("{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}"
+                "{% if add_generation_prompt %}ANSWER:{% endif %}")
+    engine = make_engine(EngineConfig(kind="vllm", python=vllm_python()), TINY_MODEL, dtype="float32",
+                         chat_template=template)
+    try:
+        ids = engine.render(Request("t", [{"role": "user", "content": "hi"}]))
+    finally:
+        engine.close()
+    tokenizer = HFEngine(str(TINY_MODEL), batch_size=2).tokenizer
+    assert tokenizer.decode(ids) == "<<hi>>ANSWER:"

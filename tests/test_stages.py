@@ -190,3 +190,32 @@ def test_generate_sharded_ignores_a_shard_of_other_requests(tmp_path):
     other = [Request(f"z{i}", []) for i in range(4)]
     out = generate_sharded(engine, other, Sampling(), tmp_path, shard_size=2)
     assert engine.calls == 2 and [c.id for c in out] == ["z0", "z1", "z2", "z3"]
+
+
+class RatingsScorer:
+    """Scores from a table; None stands for a judge reply with no parseable rating (NaN)."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def score(self, prompts, responses):
+        return [float("nan") if self.table[r] is None else self.table[r] for r in responses]
+
+
+def test_unrated_rows_are_dropped_as_unscored_and_means_ignore_them(tmp_path):
+    from synpo.io import read_json, write_jsonl
+    from synpo.recipe import Recipe
+    from synpo.stages.pairs import build_pairs
+
+    p = "Say something nice."
+    responses = [{"id": i, "prompt": p, "initial_response": f"draft {i}", "initial_finish": "stop"} for i in "ab"]
+    refined = [{"id": i, "refined": f"better {i}", "finish_reason": "stop"} for i in "ab"]
+    write_jsonl(tmp_path / "responses.jsonl", responses)
+    write_jsonl(tmp_path / "refined.jsonl", refined)
+    scorer = RatingsScorer({"draft a": 2.0, "better a": 8.0, "draft b": 2.0, "better b": None})
+    recipe = Recipe.model_validate({"pairs": {"gap": 0.5}})
+    summary = build_pairs(recipe, 1, tmp_path / "responses.jsonl", tmp_path / "refined.jsonl",
+                          tmp_path / "pairs.jsonl", scorer)
+    assert summary["kept"] == 1 and summary["dropped_unscored"] == 1  # a NaN gap is never kept
+    assert [r["id"] for r in read_jsonl(tmp_path / "pairs.jsonl")] == ["a"]
+    assert read_json(tmp_path / "pairs_stats.json")["mean_gap_all"] == 6.0

@@ -20,18 +20,22 @@ def model_ref(path: str | Path) -> tuple[str, str | None]:
 
 
 def make_engine(cfg: EngineConfig, model: str | Path, *, dtype: str = "auto", trust_remote_code: bool = False,
-                seed: int = 0) -> Engine:
+                seed: int = 0, chat_template: str | None = None) -> Engine:
+    """`chat_template` (the recipe's model.chat_template: Jinja text or a file) overrides the
+    tokenizer's; an OpenAI-compatible server renders prompts with its own (`--chat-template`)."""
     base, adapter = model_ref(model)
+    if chat_template and Path(chat_template).is_file():
+        chat_template = Path(chat_template).read_text(encoding="utf-8")
     if cfg.kind == "hf":
         from synpo.engines.hf import HFEngine
 
         return HFEngine(base, adapter=adapter, dtype=dtype, batch_size=cfg.batch_size,
-                        trust_remote_code=trust_remote_code)
+                        trust_remote_code=trust_remote_code, chat_template=chat_template)
     if cfg.kind == "vllm":
         from synpo.engines.vllm import VLLMEngine
 
         return VLLMEngine(base, adapter=adapter, cfg=cfg, dtype=dtype, trust_remote_code=trust_remote_code,
-                          seed=seed)
+                          seed=seed, chat_template=chat_template)
     from synpo.engines.openai import OpenAIEngine
 
     return OpenAIEngine(cfg, model=str(model))

@@ -19,13 +19,14 @@ class HFEngine:
     name = "hf"
 
     def __init__(self, model_path: str, *, adapter: str | None = None, dtype: str = "auto",
-                 batch_size: int = 64, device: str | None = None, trust_remote_code: bool = False):
+                 batch_size: int = 64, device: str | None = None, trust_remote_code: bool = False,
+                 chat_template: str | None = None):
         import torch
 
         from synpo.models import load_causal_lm, load_tokenizer
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code, chat_template=chat_template)
         self.tokenizer.padding_side = "left"
         self.model = load_causal_lm(model_path, dtype=dtype, adapter=adapter, device=self.device,
                                     trust_remote_code=trust_remote_code)

@@ -38,8 +38,8 @@ class VLLMEngine:
     name = "vllm"
 
     def __init__(self, model: str, *, adapter: str | None = None, cfg: EngineConfig, dtype: str = "auto",
-                 trust_remote_code: bool = False, seed: int = 0):
-        options = dict(model=model, adapter=adapter, dtype=dtype, seed=seed,
+                 trust_remote_code: bool = False, seed: int = 0, chat_template: str | None = None):
+        options = dict(model=model, adapter=adapter, dtype=dtype, seed=seed, chat_template=chat_template,
                        tensor_parallel_size=cfg.tensor_parallel_size,
                        gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
                        trust_remote_code=trust_remote_code)

@@ -69,7 +69,8 @@ class Generator:
 
     def __init__(self, model: str, *, adapter: str | None = None, dtype: str = "auto", seed: int = 0,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.9,
-                 max_model_len: int | None = None, trust_remote_code: bool = False):
+                 max_model_len: int | None = None, trust_remote_code: bool = False,
+                 chat_template: str | None = None):
         import torch
 
         self.on_cpu = not torch.cuda.is_available()
@@ -78,6 +79,8 @@ class Generator:
         from vllm import LLM
 
         self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+        if chat_template:  # the recipe's override (the worker may run in another venv: text, not a path)
+            self.tokenizer.chat_template = chat_template
         self.stop_ids = self._end_of_turn_ids(model, GenerationConfig)
         kwargs = dict(model=model, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,

@@ -18,6 +18,7 @@ invalid tasks; others accept every prompt). A scorer that only compares has
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 from synpo.recipe import ScorerConfig
@@ -67,6 +68,12 @@ def make_scorer(cfg: ScorerConfig, device: str = "auto") -> Scorer:
     from synpo.scoring.judge import JudgeScorer
 
     return JudgeScorer(cfg)
+
+
+def finite_mean(values: list[float]) -> float:
+    """Mean of the values that are numbers (a judge's unparseable ratings are NaN); 0 for none."""
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else 0.0
 
 
 def score_gaps(scorer: Scorer, prompts: list[str], better: list[str], worse: list[str]) -> list[float]:

@@ -13,7 +13,8 @@ from synpo.recipe import Recipe
 def evaluate_suite(recipe: Recipe, suite: str, model: str, out_dir: Path, work: Path) -> dict:
     """Run one suite on `model`; writes out_dir/metrics.json and the per-item outputs."""
     engine = make_engine(recipe.engine_for("eval"), model, dtype=recipe.model.dtype,
-                         trust_remote_code=recipe.model.trust_remote_code, seed=recipe.seed)
+                         trust_remote_code=recipe.model.trust_remote_code, seed=recipe.seed,
+                         chat_template=recipe.model.chat_template)
     try:
         if suite == "toy":
             from synpo.engines.base import Sampling

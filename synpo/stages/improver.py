@@ -9,6 +9,7 @@ Step 4: R_t rewrites each π_{t-1} answer on this round's synthetic prompts.
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from synpo.engines import Request, Sampling, generate_sharded, make_engine
 from synpo.io import read_jsonl, write_jsonl
 from synpo.prompts import render
 from synpo.recipe import Recipe, SamplingConfig
-from synpo.scoring import score_gaps
+from synpo.scoring import finite_mean, score_gaps
 
 
 def sampling_of(cfg: SamplingConfig, seed: int, n: int = 1) -> Sampling:
@@ -31,7 +32,7 @@ def improver_data(recipe: Recipe, t: int, policy: str, seed_rows: list[dict], ou
     """Step 1: improver_data.jsonl of (prompt, draft y_{t-1}, target y*) rows over the gap."""
     engine_cfg = recipe.engine_for("improver")
     engine = make_engine(engine_cfg, policy, dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code,
-                         seed=recipe.seed)
+                         seed=recipe.seed, chat_template=recipe.model.chat_template)
     requests = [Request(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in seed_rows]
     try:
         completions = generate_sharded(engine, requests, sampling_of(recipe.improver.seed_sampling, recipe.seed + t),
@@ -47,10 +48,10 @@ def improver_data(recipe: Recipe, t: int, policy: str, seed_rows: list[dict], ou
     rows = [{"id": r["id"], "prompt": r["prompt"], "draft": d, "target": r["response"], "gap": round(g, 4),
              "round": t, "stage": "improver_data", "model": f"policy_{t - 1}"}
             for r, d, g in zip(seed_rows, drafts, gaps)
-            if g > cfg.gap or (cfg.keep_below_gap and rng.random() < cfg.keep_below_gap)]
+            if not math.isnan(g) and (g > cfg.gap or (cfg.keep_below_gap and rng.random() < cfg.keep_below_gap))]
     write_jsonl(out, rows)
     return {"seed": len(seed_rows), "over_gap": sum(g > cfg.gap for g in gaps), "kept": len(rows),
-            "mean_gap": round(sum(gaps) / max(len(gaps), 1), 4)}
+            "unscored": sum(math.isnan(g) for g in gaps), "mean_gap": round(finite_mean(gaps), 4)}
 
 
 def improver_sft_rows(rows: list[dict]) -> list[dict]:
@@ -63,7 +64,8 @@ def refine(recipe: Recipe, t: int, improver: Path, responses: Path, out: Path, w
     rows = read_jsonl(responses)
     engine_cfg = recipe.engine_for("improver")
     engine = make_engine(engine_cfg, improver, dtype=recipe.model.dtype,
-                         trust_remote_code=recipe.model.trust_remote_code, seed=recipe.seed)
+                         trust_remote_code=recipe.model.trust_remote_code, seed=recipe.seed,
+                         chat_template=recipe.model.chat_template)
     requests = [Request(r["id"], improver_messages(r["prompt"], r["response"])) for r in rows]
     sampling = sampling_of(recipe.improver.sampling, recipe.seed * 1000 + t)
     try:

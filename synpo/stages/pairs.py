@@ -12,13 +12,14 @@ message lists) with per-row provenance, as JSONL and as a `datasets` directory.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from pathlib import Path
 
 from synpo.io import atomic_dir, read_jsonl, write_json, write_jsonl
 from synpo.recipe import Recipe
-from synpo.scoring import score_gaps, score_groups
+from synpo.scoring import finite_mean, score_gaps, score_groups
 
 
 def repetition(text: str, n: int = 3) -> float:
@@ -47,8 +48,11 @@ def _candidates(recipe: Recipe, t: int, responses: Path, refined: Path | None, s
         groups = score_groups(scorer, [r["prompt"] for r in rows], [r["samples"] for r in rows])
         out = []
         for r, s in zip(rows, groups):
-            k = len(r["samples"])
-            best, worst = max(range(k), key=s.__getitem__), min(range(k), key=s.__getitem__)
+            scored = [i for i in range(len(r["samples"])) if not math.isnan(s[i])]  # NaN: the judge gave no rating
+            if len(scored) < 2:
+                out.append((r, "", "", "", "", math.nan))
+                continue
+            best, worst = max(scored, key=s.__getitem__), min(scored, key=s.__getitem__)
             out.append((r, r["samples"][best], r["samples"][worst], r["finish_reasons"][best],
                         r["finish_reasons"][worst], s[best] - s[worst]))
         return out
@@ -67,9 +71,10 @@ def build_pairs(recipe: Recipe, t: int, responses: Path, refined: Path | None, o
     candidates = _candidates(recipe, t, responses, refined, scorer)
     for row, chosen, rejected, chosen_finish, rejected_finish, gap in candidates:
         gaps.append(gap)
-        why = (degenerate(chosen, chosen_finish, cfg.max_repetition, cfg.repetition_ngram)
-               or degenerate(rejected, rejected_finish, cfg.max_repetition, cfg.repetition_ngram))
-        if why:
+        if math.isnan(gap):  # a judge that gave no parseable rating: no evidence either way
+            dropped["unscored"] += 1
+        elif why := (degenerate(chosen, chosen_finish, cfg.max_repetition, cfg.repetition_ngram)
+                     or degenerate(rejected, rejected_finish, cfg.max_repetition, cfg.repetition_ngram)):
             dropped[f"degenerate_{why}"] += 1
         elif gap <= cfg.gap:
             dropped["below_gap"] += 1
@@ -91,7 +96,7 @@ def build_pairs(recipe: Recipe, t: int, responses: Path, refined: Path | None, o
     kept = sorted(kept[: cfg.per_round], key=lambda r: r["id"])
     write_jsonl(out, kept)
     stats = {"candidates": len(gaps), "kept": len(kept), "dropped": dict(sorted(dropped.items())),
-             "mean_gap_all": round(sum(gaps) / max(len(gaps), 1), 4),
+             "mean_gap_all": round(finite_mean(gaps), 4),
              "mean_gap_kept": round(sum(r["gap"] for r in kept) / max(len(kept), 1), 4),
              "chosen_chars": round(sum(len(r["chosen"][0]["content"]) for r in kept) / max(len(kept), 1), 1),
              "rejected_chars": round(sum(len(r["rejected"][0]["content"]) for r in kept) / max(len(kept), 1), 1)}

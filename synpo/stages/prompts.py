@@ -151,7 +151,8 @@ def generate_prompts(recipe: Recipe, generator_dir: Path, t: int, out: Path, ear
                         max_new_tokens=cfg.sampling.max_new_tokens, seed=rng.randrange(2**31),
                         stop=QUESTION_END)
     engine = make_engine(recipe.engine_for("prompt_generator"), generator_dir, dtype=recipe.model.dtype,
-                         trust_remote_code=recipe.model.trust_remote_code, seed=recipe.seed)
+                         trust_remote_code=recipe.model.trust_remote_code, seed=recipe.seed,
+                         chat_template=recipe.model.chat_template)
     try:
         completions = generate_sharded(engine, requests, sampling, work / "shards",
                                        shard_size=recipe.engine_for("prompt_generator").shard_size,

@@ -18,7 +18,7 @@ from synpo.stages.improver import sampling_of
 def _sample(recipe: Recipe, model: str, rows: list[dict], n: int, seed: int, shard_dir: Path, desc: str):
     cfg = recipe.engine_for("responses")
     engine = make_engine(cfg, model, dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code,
-                         seed=recipe.seed)
+                         seed=recipe.seed, chat_template=recipe.model.chat_template)
     requests = [Request(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in rows]
     try:
         return generate_sharded(engine, requests, sampling_of(recipe.responses.sampling, seed, n=n), shard_dir,
