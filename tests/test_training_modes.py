@@ -55,7 +55,8 @@ def _run_job(spec: dict, processes: int = 1, accelerate_config: str | None = Non
     assert n == processes
     proc = subprocess.run(cmd + [str(DRIVER), str(spec_path)], capture_output=True, text=True, env=child_env(),
                           timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    # The rank's own traceback comes before torch elastic's summary: show both.
+    assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if "it/s]" not in l)[-8000:]
 
 
 def _max_diff(a: dict, b: dict) -> float:
@@ -220,3 +221,31 @@ def test_tiny_recipe_runs_with_adapter(tmp_path, adapter):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "round_01" / "policy" / "train_metrics.json").read_text())
     assert metrics["steps"] == 12
+
+
+def test_ranks_that_build_the_training_data_at_once_load_one_published_copy(tmp_path, monkeypatch):
+    """Two ranks both find no dataset and both write one: the first rename publishes, the
+    second rank's rename fails and it loads the published copy (no rank reads a half-swapped dir)."""
+    from datasets import Dataset
+
+    from synpo.io import write_jsonl
+    from synpo.training.trainers import _training_data
+
+    data = tmp_path / "d.jsonl"
+    write_jsonl(data, preference_rows(8))
+    spec = {"data": str(data), "work_dir": str(tmp_path)}
+    save = Dataset.save_to_disk
+    published = []
+
+    def other_rank_wins(self, target, **kw):
+        save(self, target, **kw)
+        if not published:  # the other rank finishes first, between our exists-check and our rename
+            published.append(None)
+            published[0] = _training_data(spec, "preference")
+            (Path(published[0].cache_files[0]["filename"]).parent / "marker").write_text("first")
+
+    monkeypatch.setattr(Dataset, "save_to_disk", other_rank_wins)
+    ours = _training_data(spec, "preference")
+    assert Path(ours.cache_files[0]["filename"]).parent == Path(published[0].cache_files[0]["filename"]).parent
+    assert (Path(ours.cache_files[0]["filename"]).parent / "marker").read_text() == "first"  # not replaced
+    assert len(ours) == 8 and not list(tmp_path.glob(".dataset-*"))  # the loser's copy is cleaned up

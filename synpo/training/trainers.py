@@ -102,24 +102,37 @@ def _resume_checkpoint(out_dir: str) -> str | None:
 def _training_data(spec: dict, kind: str):
     """The job's rows as an on-disk (memory-mapped) dataset in the work dir. TRL caches DPO's
     precomputed reference log-probs next to a dataset's files, and every rank reads rank 0's
-    cache: an in-memory dataset would cache in a per-process temporary dir that rank 1 cannot see."""
+    cache: an in-memory dataset would cache in a per-process temporary dir that rank 1 cannot see.
+
+    Every rank may get here before the others (no barrier: before the Trainer exists, accelerate's
+    state on CPU does not know it is distributed, so `main_process_first` would not wait). Each rank
+    that finds no dataset writes one to its own temporary directory and renames it into place; a
+    rename onto a directory another rank has already published fails, and that rank loads the
+    published one. The published directory is never replaced, so no rank reads a half-swapped one."""
     import hashlib
     import json
+    import shutil
+    import tempfile
 
-    from accelerate import PartialState
     from datasets import Dataset, load_from_disk
 
-    from synpo.io import atomic_dir, read_jsonl
+    from synpo.io import read_jsonl
 
     columns = ("prompt", "completion") if kind == "sft" else ("prompt", "chosen", "rejected")
     rows = [{k: r[k] for k in columns} for r in read_jsonl(spec["data"])]
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(spec["work_dir"]) / f"dataset-{digest}"
-    with PartialState().main_process_first():
-        if not path.exists():
-            with atomic_dir(path) as tmp:
-                Dataset.from_list(rows).save_to_disk(str(tmp))
-        return load_from_disk(str(path))
+    if not path.exists():
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        Dataset.from_list(rows).save_to_disk(str(tmp / "data"))
+        try:
+            os.rename(tmp / "data", path)  # fails if another rank published first (non-empty target)
+        except OSError:
+            if not (path / "state.json").exists():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return load_from_disk(str(path))
 
 
 def train(spec: dict) -> dict:
