@@ -1,15 +1,17 @@
 """Benchmark the training modes side by side: LoRA vs PeriodicLoRA vs full fine-tuning, DPO and SimPO.
 
-    python scripts/bench_training.py [--steps 60] [--out runs/bench_training]
+    python scripts/bench_training.py [--steps N] [--repeats 2] [--out runs/bench_training]
 
 On two models: the shipped tiny model (1M parameters, SFT-trained) and a wider random-weight
-stand-in built here (hidden 256, 6 layers). Every cell trains only the *policy stage* on one
-fixed preference set D, the same for every cell: the seed prompts with the gold answer as
-chosen and the tiny model's own sampled answer as rejected, kept when the toy checker rates
-gold higher by more than 0.05 (the shape of SynPO's pairs; building D through the whole loop
-once per cell would mostly measure the loop's sampling noise). Loss settings (β, γ, NLL weight,
-learning rate, batch size) are read from recipes/tiny-cpu.yaml; LoRA r=8, α=16 on all linear
-layers; PeriodicLoRA folds at 4 equal stages.
+stand-in built here (hidden 256, 6 layers). Every cell trains only the *policy stage* of SynPO's
+round 1 on the same preference set D: the pairs that round 1 of recipes/tiny-cpu.yaml makes
+(built once, by running the loop for one round into OUT/loop; chosen = the improver's rewrite,
+rejected = π_0's answer, over the recipe's gap). So "toy acc" on the tiny model is the
+benchmark accuracy after one SynPO round trained each way, and only the trainable part differs
+between cells. Settings come from recipes/tiny-cpu.yaml's train section (learning rate, batch
+size, warm-up, DPO's β and NLL weight; SimPO with β 2.0, γ 1.0, the same NLL weight), and by
+default the recipe's epochs over D set the steps, the same for every mode. LoRA r=8, α=16 on
+all linear layers; PeriodicLoRA folds at 4 equal stages.
 
 Each cell runs `synpo.training.trainers.train` in its own process (so the peak RSS is that
 cell's), on one torch thread; the three modes of a (model, loss) run back to back, `--repeats`
@@ -22,7 +24,7 @@ times in alternating order, and times and memory are averaged over the passes. C
   train MB    peak RSS minus the process's RSS after importing torch/transformers/TRL/PEFT: what
               loading the model, the data and training added
   final loss  mean training loss of the last 10 steps
-  toy acc     exact-match accuracy on the toy benchmark (greedy; tiny model only: the wide
+  toy acc     exact-match accuracy on the whole toy benchmark (greedy, as the loop evaluates; tiny model only: the wide
               stand-in has random weights, so its accuracy is 0 whatever the training)
 and, per (model, loss), PeriodicLoRA / LoRA ratios of step time and memory (target: within 5 %).
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -57,28 +60,16 @@ def build_models(out: Path) -> dict[str, Path]:
     return {"tiny": Path(TINY_MODEL), "wide-256x6": wide}
 
 
-def build_pairs(out: Path, n_prompts: int) -> Path:
-    """D: gold (chosen) vs the tiny model's sample (rejected) where the checker prefers gold by > 0.05."""
-    from synpo.engines.base import Request, Sampling
-    from synpo.engines.hf import HFEngine
-    from synpo.io import read_jsonl, write_jsonl
-    from synpo.toy import DATA, TINY_MODEL
-    from synpo.toy.world import score
-
-    path = out / "pairs.jsonl"
-    if path.exists():
-        return path
-    seeds = read_jsonl(DATA / "seed.jsonl")[:n_prompts]
-    engine = HFEngine(str(TINY_MODEL), dtype="float32", batch_size=64)
-    requests = [Request(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in seeds]
-    samples = engine.generate(requests, Sampling(temperature=0.7, max_new_tokens=40, seed=0))
-    rows = []
-    for r, c in zip(seeds, samples):
-        if score(r["prompt"], r["response"]) - score(r["prompt"], c.text) > 0.05:
-            rows.append({"id": r["id"], "prompt": [{"role": "user", "content": r["prompt"]}],
-                         "chosen": [{"role": "assistant", "content": r["response"]}],
-                         "rejected": [{"role": "assistant", "content": c.text}]})
-    write_jsonl(path, rows)
+def synpo_round_pairs(out: Path) -> Path:
+    """D: round 1's pairs from the SynPO loop on recipes/tiny-cpu.yaml (run once, then reused)."""
+    path = out / "loop" / "round_01" / "pairs.jsonl"
+    if not path.exists():
+        cmd = [sys.executable, "-m", "synpo.iterate", str(ROOT / "recipes" / "tiny-cpu.yaml"), "--set", "rounds=1",
+               "--run-dir", str(out / "loop")]
+        env = {**os.environ, "SYNPO_QUIET": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1"}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"the SynPO round that builds D failed:\n{proc.stderr[-3000:]}")
     return path
 
 
@@ -86,8 +77,11 @@ def recipe_train_section() -> dict:
     import yaml
 
     train = yaml.safe_load((ROOT / "recipes" / "tiny-cpu.yaml").read_text())["train"]
-    keep = ("beta", "gamma", "nll_weight", "learning_rate", "batch_size", "warmup_ratio")
+    keep = ("beta", "nll_weight", "learning_rate", "batch_size", "warmup_ratio", "epochs")
     return {k: train[k] for k in keep if k in train}
+
+
+LOSS_SETTINGS = {"dpo": {}, "simpo": {"beta": 2.0, "gamma": 1.0}}  # SimPO's β lives on another scale than DPO's
 
 
 def run_cell(out: Path, model: Path, pairs: Path, loss: str, mode: str, steps: int, evaluate: bool) -> dict:
@@ -95,8 +89,8 @@ def run_cell(out: Path, model: Path, pairs: Path, loss: str, mode: str, steps: i
     shutil.rmtree(work, ignore_errors=True)  # a fresh job each pass (no cached reference log-probs)
     spec = {"kind": "preference", "model": str(model), "data": str(pairs), "output": str(work / "policy"),
             "work_dir": str(work / "work"), "seed": 0, "merge": True, "dtype": "float32", "threads": 1,
-            "train": {**recipe_train_section(), "loss": loss, "adapter": mode, "max_steps": steps,
-                      "scheduler": "cosine", "max_length": 256,
+            "train": {**recipe_train_section(), **LOSS_SETTINGS[loss], "loss": loss, "adapter": mode,
+                      "max_steps": steps, "scheduler": "cosine", "max_length": 256,
                       **({"periodic": {"stages": 4}} if mode == "periodic_lora" else {})}}
     Path(spec["work_dir"]).mkdir(parents=True, exist_ok=True)
     spec_path = work / "spec.json"
@@ -146,7 +140,7 @@ def child(spec_path: str, evaluate: bool) -> None:
     print(json.dumps(result))
 
 
-def toy_accuracy(model_dir: str, limit: int = 300) -> float:
+def toy_accuracy(model_dir: str, limit: int | None = None) -> float:  # the whole benchmark, as the loop
     from synpo.engines.hf import HFEngine
     from synpo.evals.toy import evaluate, load_benchmark
 
@@ -157,8 +151,7 @@ def toy_accuracy(model_dir: str, limit: int = 300) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--prompts", type=int, default=600, help="seed prompts sampled to build D")
+    parser.add_argument("--steps", type=int, help="optimizer steps per cell (default: the recipe's epochs over D)")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench_training"))
     parser.add_argument("--repeats", type=int, default=2, help="timing passes per cell (alternating order)")
     parser.add_argument("--child")
@@ -176,8 +169,11 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models = build_models(out)
-    pairs = build_pairs(out, args.prompts)
+    log("building D: one SynPO round of recipes/tiny-cpu.yaml ...")
+    pairs = synpo_round_pairs(out)
     n_pairs = len(pairs.read_text().splitlines())
+    train = recipe_train_section()
+    args.steps = args.steps or math.ceil(n_pairs / train["batch_size"]) * math.ceil(train["epochs"])
     log(f"D: {n_pairs} pairs ({pairs}); settings from recipes/tiny-cpu.yaml: {recipe_train_section()}")
     from synpo.toy import TINY_MODEL
 
@@ -217,7 +213,7 @@ def print_table(rows: list[dict], start_acc: float, n_pairs: int, steps: int, se
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"training modes: {steps} steps on {n_pairs} fixed pairs, 1 thread "
+    t = Table(title=f"training modes: {steps} steps on D = {n_pairs} SynPO round-1 pairs, 1 thread "
                     f"(tiny start toy acc {start_acc:.3f}; {seconds / 60:.1f} min)")
     for col in ("model", "loss", "mode", "s/step", "job s", "peak RSS MB", "train MB", "final loss", "toy acc",
                 "s/step ÷ LoRA", "RSS ÷ LoRA", "train MB ÷ LoRA"):
