@@ -38,12 +38,14 @@ def main() -> None:
                         help='Llama config overrides, e.g. \'{"hidden_size": 256}\'')
     args = parser.parse_args()
 
+    from importlib.metadata import version
+
     import torch
 
     torch.set_num_threads(args.threads)
     from synpo.engines.hf import HFEngine
     from synpo.evals import toy
-    from synpo.io import atomic_dir, read_jsonl
+    from synpo.io import atomic_dir, read_jsonl, write_json
     from synpo.progress import console
     from synpo.toy.splits import build_splits, write_splits
     from synpo.toy.tiny_model import build_random_model, save_model, sft_train, tokenizer_corpus, train_tokenizer
@@ -66,6 +68,8 @@ def main() -> None:
 
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         meta = {"script": "scripts/build_tiny_model.py", "args": vars(args) | {"out": None, "data_out": None},
+                # bit-identical rebuilds need these versions: training is deterministic per library stack
+                "libraries": {name: version(name) for name in ("torch", "transformers", "trl", "tokenizers")},
                 "parameters": n_params, "sft": stats, "sft_seconds": round(train_seconds, 1)}
         save_model(model, tokenizer, tmp, meta)
 
@@ -75,7 +79,7 @@ def main() -> None:
     total = time.time() - started
     console.print(f"built in {total:.0f} s (SFT {train_seconds:.0f} s, {stats['steps']} steps)")
     meta |= {"benchmark": metrics["overall"], "total_seconds": round(total, 1)}
-    (Path(args.out) / "synpo_build.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(Path(args.out) / "synpo_build.json", meta)
 
 
 if __name__ == "__main__":
