@@ -56,7 +56,7 @@ def _run_job(spec: dict, processes: int = 1, accelerate_config: str | None = Non
     proc = subprocess.run(cmd + [str(DRIVER), str(spec_path)], capture_output=True, text=True, env=child_env(),
                           timeout=900)
     # The rank's own traceback comes before torch elastic's summary: show both.
-    assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if "it/s]" not in l)[-8000:]
+    assert proc.returncode == 0, "\n".join(line for line in proc.stderr.splitlines() if "it/s]" not in line)[-8000:]
 
 
 def _max_diff(a: dict, b: dict) -> float:
