@@ -109,7 +109,8 @@ def main() -> int:
     from synpo.toy import TINY_MODEL
 
     model = str(TINY_MODEL)
-    # A fresh set of prompts per pass (no engine sees a prompt twice: vLLM's prefix cache would)
+    # A fresh set of prompts per pass, so vLLM's prefix cache cannot serve a pass from the one
+    # before (only the 8 warm-up prompts, the first of pass 1, are seen twice)
     sets = [prompts(args.prompts, offset=k * args.prompts) for k in range(args.passes)]
     request_sets = [[Request(f"b{k}-{i}", [{"role": "user", "content": t}]) for i, t in enumerate(texts)]
                     for k, texts in enumerate(sets)]

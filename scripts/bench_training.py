@@ -173,8 +173,8 @@ def main() -> None:
     pairs = synpo_round_pairs(out)
     n_pairs = len(pairs.read_text().splitlines())
     train = recipe_train_section()
-    args.steps = args.steps or math.ceil(n_pairs / train["batch_size"]) * math.ceil(train["epochs"])
-    log(f"D: {n_pairs} pairs ({pairs}); settings from recipes/tiny-cpu.yaml: {recipe_train_section()}")
+    args.steps = args.steps or math.ceil(math.ceil(n_pairs / train["batch_size"]) * train["epochs"])
+    log(f"D: {n_pairs} pairs ({pairs}); settings from recipes/tiny-cpu.yaml: {train}")
     from synpo.toy import TINY_MODEL
 
     start_acc = toy_accuracy(str(TINY_MODEL))

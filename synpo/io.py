@@ -53,6 +53,32 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def publish_dir_once(path: str | Path) -> Iterator[Path | None]:
+    """Create directory `path` atomically unless it exists; never replace it.
+
+    Yields a temporary directory to fill (or None when `path` already exists) and renames it
+    to `path`. Several processes may race to build the same directory: the first rename
+    publishes, a later one fails on the non-empty target and its copy is discarded, so every
+    process then reads the one published directory and none reads a half-swapped one.
+    """
+    path = Path(path)
+    if path.exists():
+        yield None
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield scratch / "content"
+        try:
+            os.rename(scratch / "content", path)
+        except OSError:
+            if not path.is_dir():  # not "someone else published first": a real failure
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -105,33 +105,22 @@ def _training_data(spec: dict, kind: str):
     cache: an in-memory dataset would cache in a per-process temporary dir that rank 1 cannot see.
 
     Every rank may get here before the others (no barrier: before the Trainer exists, accelerate's
-    state on CPU does not know it is distributed, so `main_process_first` would not wait). Each rank
-    that finds no dataset writes one to its own temporary directory and renames it into place; a
-    rename onto a directory another rank has already published fails, and that rank loads the
-    published one. The published directory is never replaced, so no rank reads a half-swapped one."""
+    state on CPU does not know it is distributed, so `main_process_first` would not wait), so the
+    dataset is published with `publish_dir_once`: whichever rank renames first wins, and all load it."""
     import hashlib
     import json
-    import shutil
-    import tempfile
 
     from datasets import Dataset, load_from_disk
 
-    from synpo.io import read_jsonl
+    from synpo.io import publish_dir_once, read_jsonl
 
     columns = ("prompt", "completion") if kind == "sft" else ("prompt", "chosen", "rejected")
     rows = [{k: r[k] for k in columns} for r in read_jsonl(spec["data"])]
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(spec["work_dir"]) / f"dataset-{digest}"
-    if not path.exists():
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        Dataset.from_list(rows).save_to_disk(str(tmp / "data"))
-        try:
-            os.rename(tmp / "data", path)  # fails if another rank published first (non-empty target)
-        except OSError:
-            if not (path / "state.json").exists():
-                raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with publish_dir_once(path) as tmp:
+        if tmp is not None:
+            Dataset.from_list(rows).save_to_disk(str(tmp))
     return load_from_disk(str(path))
 
 
