@@ -21,11 +21,17 @@ def test_parse_alpaca_eval(text, expected):
     assert parse_alpaca_eval(text) == expected
 
 
-@pytest.mark.parametrize("label", ["A>>B", "A>B", "A=B", "B=A", "B>A", "B>>A", "A<<B", "A<B", "B<A", "B<<A"])
+@pytest.mark.parametrize("label", ["A>>B", "A>B", "A=B", "B>A", "B>>A"])
 def test_parse_arena_hard_every_label_form(label):
     assert parse_arena_hard(f"My own answer ... My final verdict is: [[{label}]]") == (label, False)
     # the same label twice is still one verdict
     assert parse_arena_hard(f"[[{label}]] so, again, [[{label}]]") == (label, False)
+
+
+@pytest.mark.parametrize("label", ["B=A", "A<<B", "A<B", "B<A", "B<<A"])
+def test_parse_arena_hard_non_canonical_labels_are_unparseable(label):
+    # arena-hard-auto v0.1's show_result.py gives these weight 0: they are not verdicts
+    assert parse_arena_hard(f"My final verdict is: [[{label}]]") == (None, False)
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -81,7 +87,7 @@ def test_lc_removes_a_pure_length_preference(shift, soft):
     wr = stats.win_rate(prefs)["win_rate"]
     lc = stats.length_controlled_win_rate(prefs, model, reference)
     assert abs(wr - 50) > 25  # the raw win rate is far from 50 % (longer model: ~80 %, shorter: ~20 %)
-    tolerance = 1e-3 if soft else 4.0  # exact for soft labels; sampling noise for hard ones
+    tolerance = 0.05 if soft else 4.0  # soft labels: the L1 penalty's shrinkage only; hard ones: sampling noise
     assert lc["length_controlled_winrate"] == pytest.approx(50, abs=tolerance)
     assert lc["lc_glm"] == "length_controlled_minimal"
     assert lc["lc_coefficients"]["tanh_std_delta_len"] < -1  # longer model output (negative delta) wins more
@@ -100,7 +106,8 @@ def test_lc_keeps_a_quality_difference_that_length_does_not_explain():
 def test_lc_with_equal_lengths_and_separable_data_stays_finite():
     lc = stats.length_controlled_win_rate([2] * 10, [100] * 10, [100] * 10)["length_controlled_winrate"]
     assert 99 < lc <= 100
-    assert stats.length_controlled_win_rate([2], [1], [2])["length_controlled_winrate"] is None
+    # 5-fold cross-validation needs 5 judgments (alpaca_eval's fit fails below that)
+    assert stats.length_controlled_win_rate([2] * 4, [1] * 4, [2] * 4)["length_controlled_winrate"] is None
 
 
 # ---- Bradley-Terry and the bootstrap --------------------------------------------------------------
@@ -198,6 +205,3 @@ def test_decontamination_drops_prompts_that_copy_evaluation_prompts():
 def test_extreme_lc_changes_are_flagged_as_alpaca_eval_does():
     assert not stats.is_extreme_change(20, 10) and stats.is_extreme_change(20, 9.9)  # min(20 - 20/4, 20 - 10)
     assert not stats.is_extreme_change(50, 62.5) and stats.is_extreme_change(50, 62.6)  # 50 + (100 - 50)/4
-    # three judgments that length separates: the fit runs to the boundary, and the flag says so
-    lc = stats.length_controlled_win_rate([1, 2, 2], [10, 500, 600], [300, 300, 300])["length_controlled_winrate"]
-    assert stats.is_extreme_change(100 * 2 / 3, lc)

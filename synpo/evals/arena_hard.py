@@ -113,13 +113,14 @@ def battles_from(judgments: list[dict], generator: str) -> list[tuple[str, str, 
 def metrics_from(judgments: list[dict], tally: Tally, generator: str, judge_name: str, rounds: int, seed: int,
                  answer_chars: list[int]) -> dict:
     battles = battles_from(judgments, generator)
-    score = stats.arena_hard_score(battles, generator, ARENA_BASELINE, rounds=rounds, seed=seed)
+    score = stats.arena_hard_score(battles, generator, ARENA_BASELINE, rounds=rounds)  # show_result.py's seed 42
     labels = Counter(game["score"] for j in judgments for game in j["games"] if game["score"] is not None)
     metrics = {
         "win_rate": score["score"], "ci_lower": score["ci_lower"], "ci_upper": score["ci_upper"],
         "ci": None if score["score"] is None else
         f"(-{score['score'] - score['ci_lower']:.1f} / +{score['ci_upper'] - score['score']:.1f})",
         "elo": score["elo"], "battles": score["battles"], "bootstrap_rounds": rounds,
+        "bootstrap_seed": stats.BOOTSTRAP_SEED,
         "labels": dict(sorted(labels.items())), "n_questions": len(judgments),
         "avg_answer_chars": sum(answer_chars) / max(len(answer_chars), 1),
         "baseline": ARENA_BASELINE, "judge": judge_name, **tally.metrics(),

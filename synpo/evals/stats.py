@@ -1,28 +1,31 @@
-"""The statistics behind the judged suites, in numpy only (no pandas, sklearn or patsy).
+"""The statistics behind the judged suites: numpy, and scikit-learn for AlpacaEval's LC.
 
 AlpacaEval (alpaca_eval's `metrics/helpers.py` and `metrics/glm_winrate.py`)
   A preference is in [1, 2]: 1 = the reference (output_1) wins, 2 = the evaluated model
-  (output_2) wins, 1.5 (or 0) = a draw. WR = mean(preference - 1) x 100 and its standard error
-  is the sample standard error of the same values (ddof 1), as `describe_head2head` reports.
+  (output_2) wins, 1.5 (or 0) = a draw; a weighted judge gives values in between. WR =
+  mean(preference - 1) x 100 and its standard error is the sample standard error of the same
+  values (ddof 1), as `describe_head2head` reports.
 
   LC fits alpaca_eval's length-controlled GLM
       logit P(model wins) = θ + φ·tanh(Δ / sd(Δ)) [+ ψ·difficulty_i],   Δ = len(reference) - len(model)
-  on the judgments (soft labels allowed) and predicts every instruction at Δ = 0; LC is the mean
-  prediction x 100. synpo fits the `length_controlled_minimal` formula: the instruction-difficulty
-  term ψ·difficulty_i is dropped, because alpaca_eval's difficulty table was estimated from the
-  leaderboard's many models and lives only on the Hugging Face Hub, and one model's single judgment
-  per instruction cannot identify it. `length_controlled_v1` also regularises towards "gamed"
-  baselines from the same Hub table; that is dropped too. The official fit is L1-regularised
-  logistic regression with the regularisation chosen by 5-fold CV; with two coefficients and
-  hundreds of judgments that penalty is negligible, so synpo fits maximum likelihood by Newton's
-  method (with a 1e-6 ridge that only matters when the data are separable).
+  on the judgments (soft labels) and predicts every instruction at Δ = 0; LC is the mean
+  prediction x 100. synpo fits the `length_controlled_minimal` formula (no instruction-difficulty
+  term: alpaca_eval's difficulty table and its "gamed" baselines live on the Hugging Face Hub)
+  exactly as alpaca_eval fits it: L1-penalised logistic regression (liblinear, no separate
+  intercept, so θ is penalised too, random_state 123), C chosen from logspace(-4, 4, 10) by
+  5-fold GroupKFold cross-validation on the soft log loss, then refit on all judgments. When the
+  chosen C is small enough that every coefficient is 0, LC is exactly 50. This is not the LC of
+  alpaca_eval's default `length_controlled_v1` (the official backend's, and the leaderboard's);
+  the two are named apart everywhere (`lc_glm`).
 
 Arena-Hard v0.1 (arena-hard-auto's `show_result.py` of v0.1)
   Each judgment is a battle (model_a, model_b, winner); a strong verdict (A>>B) counts 3 times.
   Bradley-Terry scores are the MLE of logit P(a beats b) = ln(10)/400 · (elo_a - elo_b), ties
   counted as half a win each, anchored so that the baseline has 1000; the reported score is the
   win probability against the baseline, and the 95 % interval comes from percentiles 2.5 / 97.5
-  of the same fit on battles resampled with replacement (100 rounds by default).
+  of the same fit on battles resampled with replacement (100 rounds, numpy's legacy generator
+  seeded 42 and drawn as pandas' `sample(frac=1, replace=True)` draws, so the resamples are the
+  official ones).
 """
 
 from __future__ import annotations
@@ -102,18 +105,63 @@ def win_rate(preferences) -> dict:
             "n_total": n}
 
 
+LC_GLM = "length_controlled_minimal"
+LC_CS = np.logspace(-4, 4, 10)  # LogisticRegressionCV(Cs=10)'s grid, as alpaca_eval leaves it
+LC_FOLDS = 5
+LC_RANDOM_STATE = 123  # alpaca_eval's
+
+
+def _l1_logistic(c: float):
+    """alpaca_eval's GLM: L1, liblinear, no separate intercept (the intercept column is penalised too)."""
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    # scikit-learn 1.8 replaced penalty="l1" by l1_ratio=1 (the same liblinear L1 fit)
+    l1 = {"l1_ratio": 1.0} if int(sklearn.__version__.split(".")[0]) > 1 or \
+        int(sklearn.__version__.split(".")[1]) >= 8 else {"penalty": "l1"}
+    return LogisticRegression(C=c, solver="liblinear", fit_intercept=False, dual=False,
+                              random_state=LC_RANDOM_STATE, **l1)
+
+
+def _soft_log_loss(p_true: np.ndarray, p_pred: np.ndarray) -> float:
+    """alpaca_eval's logloss_continuous: the mean log loss against soft labels (clipped at 1e-15)."""
+    p_pred = np.clip(p_pred, 1e-15, 1 - 1e-15)
+    return float(-np.mean(p_true * np.log(p_pred) + (1 - p_true) * np.log(1 - p_pred)))
+
+
 def length_controlled_win_rate(preferences, model_lengths, reference_lengths) -> dict:
-    """LC win rate (x100) by the `length_controlled_minimal` GLM; see the module docstring."""
+    """LC win rate (x100) by the `length_controlled_minimal` GLM; see the module docstring.
+
+    As alpaca_eval's fit_LogisticRegressionCV with soft labels: each judgment enters twice, once
+    with label 1 weighted by p and once with label 0 weighted by 1 - p (a group, so both copies
+    fall in the same fold); C is the grid value with the best summed held-out log loss over
+    5-fold GroupKFold, then the model is refit on all judgments with that C.
+    """
+    from sklearn.model_selection import GroupKFold
+
     p = _as_preferences(preferences) - 1.0
-    if len(p) < 2:
-        return {"length_controlled_winrate": None, "lc_glm": "length_controlled_minimal", "lc_coefficients": None}
+    n = len(p)
+    if n < LC_FOLDS:  # 5-fold cross-validation needs 5 judgments; alpaca_eval fails below that
+        return {"length_controlled_winrate": None, "lc_glm": LC_GLM, "lc_coefficients": None, "lc_C": None}
     delta = np.asarray(reference_lengths, dtype=float) - np.asarray(model_lengths, dtype=float)
     sd = delta.std(ddof=1)
     std_delta = delta / sd if sd > 0 else np.zeros_like(delta)
     x = np.column_stack([np.tanh(std_delta), np.ones_like(delta)])  # φ, θ (`not_gamed_baseline`)
-    phi, theta = fit_logistic(x, p)
+    x2, y2 = np.vstack([x, x]), np.concatenate([np.ones(n), np.zeros(n)])
+    w2, groups = np.concatenate([p, 1 - p]), np.concatenate([np.arange(n), np.arange(n)])
+    soft2 = np.concatenate([p, p])  # the label each row's prediction is scored against
+    folds = list(GroupKFold(n_splits=LC_FOLDS).split(x2, y2, groups))
+    losses = []
+    for c in LC_CS:
+        total = 0.0
+        for train, test in folds:
+            model = _l1_logistic(c).fit(x2[train], y2[train], sample_weight=w2[train])
+            total += _soft_log_loss(soft2[test], model.predict_proba(x2[test])[:, 1])
+        losses.append(total)
+    best = int(np.argmin(losses))  # the first of equal scores, as LogisticRegressionCV's argmax
+    phi, theta = _l1_logistic(LC_CS[best]).fit(x2, y2, sample_weight=w2).coef_[0]
     lc = float(_sigmoid(np.array([theta]))[0] * 100)  # every instruction at Δ = 0
-    return {"length_controlled_winrate": lc, "lc_glm": "length_controlled_minimal",
+    return {"length_controlled_winrate": lc, "lc_glm": LC_GLM, "lc_C": float(LC_CS[best]),
             "lc_coefficients": {"tanh_std_delta_len": float(phi), "intercept": float(theta)}}
 
 
@@ -157,15 +205,18 @@ def win_probability(elo: float, baseline_elo: float) -> float:
     return 1.0 / (1.0 + BASE ** ((baseline_elo - elo) / SCALE))
 
 
+BOOTSTRAP_SEED = 42  # show_result.py's np.random.seed(42)
+
+
 def bootstrap_bradley_terry(battles: list[tuple[str, str, str]], baseline: str, rounds: int = 100,
-                            seed: int = 0) -> dict[str, np.ndarray]:
+                            seed: int = BOOTSTRAP_SEED) -> dict[str, np.ndarray]:
     """BT scores of `rounds` resamples (with replacement) of the battles: {model: array of elo}."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.RandomState(seed)
     n = len(battles)
     models = sorted({a for a, _, _ in battles} | {b for _, b, _ in battles})
     out = {m: np.empty(rounds) for m in models}
     for r in range(rounds):
-        counts = np.bincount(rng.integers(0, n, n), minlength=n)  # resample = weight by multiplicity
+        counts = np.bincount(rng.choice(n, size=n, replace=True), minlength=n)  # resample = weight by multiplicity
         keep = counts > 0
         sample = [b for b, k in zip(battles, keep) if k]
         present = {a for a, _, _ in sample} | {b for _, b, _ in sample}
@@ -176,7 +227,7 @@ def bootstrap_bradley_terry(battles: list[tuple[str, str, str]], baseline: str, 
 
 
 def arena_hard_score(battles: list[tuple[str, str, str]], model: str, baseline: str, rounds: int = 100,
-                     seed: int = 0) -> dict:
+                     seed: int = BOOTSTRAP_SEED) -> dict:
     """Win rate (x100) of `model` against `baseline` with its 95 % bootstrap interval."""
     if not battles:
         return {"score": None, "ci_lower": None, "ci_upper": None, "elo": None, "battles": 0}

@@ -23,16 +23,16 @@ def parse_alpaca_eval(text: str | None) -> int | None:
 
 # ---- Arena-Hard: [[A>>B]] ... [[B>>A]] ------------------------------------------------------
 ARENA = re.compile(r"\[\[([AB<>=]+)\]\]")
-# every label form arena-hard-auto maps, as the advantage of assistant A: 2 strong, 1 slight, 0 tie
-ARENA_LABELS = {"A>>B": 2, "A>B": 1, "A=B": 0, "B=A": 0, "B>A": -1, "B>>A": -2,
-                "A<<B": -2, "A<B": -1, "B<A": 1, "B<<A": 2}
+# the five labels arena-hard-auto v0.1 counts (show_result.py gives any other weight 0), as the
+# advantage of assistant A: 2 strong, 1 slight, 0 tie. `A<B`, `B=A`, ... are unparseable.
+ARENA_LABELS = {"A>>B": 2, "A>B": 1, "A=B": 0, "B>A": -1, "B>>A": -2}
 
 
 def parse_arena_hard(text: str | None) -> tuple[str | None, bool]:
     """(label, try_again): arena-hard-auto's get_score.
 
     No label at all: (None, True), the judge is asked to continue; one distinct label: (label, False);
-    several different labels: (None, False). A label outside ARENA_LABELS is unparseable.
+    several different labels: (None, False). A label outside the five of ARENA_LABELS is unparseable.
     """
     matches = [m for m in ARENA.findall(text or "") if m != ""]
     if not matches:
