@@ -3,7 +3,10 @@
 Real HTTP (`/v1/chat/completions`, ThreadingHTTPServer in a thread). The verdict is a
 deterministic function of what the judge is shown, so a test can recompute what every
 judgment must be: the winner of a pair is the text with the smaller sha256 (whatever the order
-shown), a rating is derived from the hash of the prompt. Knobs: `malformed(messages)` makes a
+shown), a rating is derived from the hash of the prompt. Asked for logprobs (`logprobs: true,
+top_logprobs: k`), it returns OpenAI's `choices[0].logprobs.content` for its first token, with
+the AlpacaEval winner's letter at probability `alpaca_confidence(a, b)` and the other letter at
+the rest. Knobs: `logprobs=False` answers like a server without logprobs, `malformed(messages)` makes a
 reply unreadable, `slow(messages)` makes the server sleep past the client's timeout, and
 `fail_after` answers HTTP 503 once that many requests have been answered. `received` and
 `answered` count requests per distinct conversation.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import threading
 import time
@@ -33,6 +37,20 @@ def key(messages: list[dict]) -> str:
 def alpaca_outputs(user: str) -> tuple[str, str]:
     a, b = re.findall(r'"output": """(.*?)"""', user, re.S)
     return a, b
+
+
+def alpaca_confidence(a: str, b: str) -> float:
+    """The scripted judge's probability of its AlpacaEval verdict (0.5 - 0.99, the same in either order)."""
+    return 0.5 + 0.49 * int(sha(min(a, b) + max(a, b))[:2], 16) / 255
+
+
+def alpaca_top_logprobs(user: str, k: int) -> list[dict]:
+    a, b = alpaca_outputs(user)
+    p = alpaca_confidence(a, b)
+    first, second = ("m", "M") if sha(a) < sha(b) else ("M", "m")
+    top = [{"token": first, "logprob": math.log(p)}, {"token": second, "logprob": math.log(1 - p)},
+           {"token": "Both", "logprob": -9.0}, {"token": "Output", "logprob": -11.0}]
+    return top[:k]
 
 
 def arena_answers(user: str) -> tuple[str, str]:
@@ -73,7 +91,9 @@ def verdict(messages: list[dict]) -> str:
 
 
 class ScriptedJudge:
-    def __init__(self, malformed=None, slow=None, fail_after: int | None = None, slow_seconds: float = 3.0):
+    def __init__(self, malformed=None, slow=None, fail_after: int | None = None, slow_seconds: float = 3.0,
+                 logprobs: bool = True):
+        self.logprobs = logprobs
         self.malformed = malformed or (lambda messages: False)
         self.slow = slow or (lambda messages: False)
         self.fail_after, self.slow_seconds = fail_after, slow_seconds
@@ -106,11 +126,17 @@ class ScriptedJudge:
                     return self._send(503, {"error": {"message": "overloaded"}})
                 if judge.slow(messages):
                     time.sleep(judge.slow_seconds)
-                text = "I think both are good, hard to say." if judge.malformed(messages) else verdict(messages)
+                malformed = judge.malformed(messages)
+                text = "I think both are good, hard to say." if malformed else verdict(messages)
+                choice = {"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                if body.get("logprobs") and judge.logprobs:
+                    if "## Best Model Identifier" in messages[1]["content"] and not malformed:
+                        top = alpaca_top_logprobs(messages[1]["content"], body.get("top_logprobs") or 1)
+                    else:
+                        top = [{"token": text.split()[0], "logprob": -0.1}]
+                    choice["logprobs"] = {"content": [{**top[0], "top_logprobs": top}]}
                 try:
-                    self._send(200, {"choices": [{"message": {"role": "assistant", "content": text},
-                                                  "finish_reason": "stop"}],
-                                     "usage": {"completion_tokens": len(text.split())}})
+                    self._send(200, {"choices": [choice], "usage": {"completion_tokens": len(text.split())}})
                 except (BrokenPipeError, ConnectionResetError):
                     return
                 with judge._lock:

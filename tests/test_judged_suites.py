@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_RECIPE
-from judge_server import ScriptedJudge, arena_label, arena_needs_continue, mt_rating, sha
+from judge_server import ScriptedJudge, alpaca_confidence, arena_label, arena_needs_continue, mt_rating, sha
 
 from synpo.errors import UserError
 from synpo.evals.datasets import load_suite
@@ -58,19 +58,22 @@ def test_alpaca_eval_end_to_end_and_a_rerun_sends_nothing(tmp_path):
         assert [r["output"] for r in references] == [r["reference"] for r in rows]
         assert all(set(m) == {"instruction", "output", "generator", "dataset"} for m in model_outputs)
         assert {m["generator"] for m in model_outputs} == {"tiny-cpu-round_00"}
-        # both orders occur, and each preference matches the scripted judge's choice seen from the model's side
+        # both orders occur, and each preference is the scripted judge's, weighted by its logprobs and
+        # seen from the model's side
         annotations = read_jsonl(out / "annotations.jsonl")
         assert {a["is_swapped"] for a in annotations} == {True, False}
         for a in annotations:
-            assert a["preference"] == (2 if sha(a["output_2"]) < sha(a["output_1"]) else 1)
-            assert a["raw_completion"] in ("m", "M") and a["status"] == "ok"
+            p = alpaca_confidence(a["output_1"], a["output_2"])
+            assert a["preference"] == pytest.approx(1 + (p if sha(a["output_2"]) < sha(a["output_1"]) else 1 - p))
+            assert a["raw_completion"] in ("m", "M") and a["status"] == "ok" and a["preference_kind"] == "weighted"
         wins = [a["preference"] - 1 for a in annotations]
         assert metrics["win_rate"] == pytest.approx(100 * sum(wins) / LIMIT)
         assert metrics["length_controlled_winrate"] is not None and metrics["lc_glm"] == "length_controlled_minimal"
+        assert metrics["preferences"] == "weighted" and metrics["judge_weighted"] == LIMIT
         assert (metrics["judge_judgments"], metrics["judge_ok"], metrics["judge_unparseable"],
                 metrics["judge_failed"]) == (LIMIT, LIMIT, 0, 0)
         assert read_json(out / "metrics.json") == metrics
-        assert set(headline("alpaca_eval", metrics)) >= {"lc_win_rate", "win_rate", "win_rate_se"}
+        assert set(headline("alpaca_eval", metrics)) >= {"lc_win_rate_minimal", "win_rate", "win_rate_se"}
         assert len(judge.received) == LIMIT and set(judge.received.values()) == {1}
         # the same evaluation again: every judgment comes from the cache, the server sees nothing
         again, _ = evaluate(recipe, "alpaca_eval", tmp_path)
@@ -80,7 +83,12 @@ def test_alpaca_eval_end_to_end_and_a_rerun_sends_nothing(tmp_path):
 def test_alpaca_eval_counts_malformed_verdicts(tmp_path):
     malformed = lambda messages: sha(messages[1]["content"])[0] in "0123456789"  # ~60 % of requests
     with ScriptedJudge(malformed=malformed) as judge:
-        metrics, out = evaluate(recipe_for("alpaca_eval", judge.base_url, tmp_path), "alpaca_eval", tmp_path)
+        # unreadable verdicts are under the same cap as failed requests (default 0): a clear stop ...
+        with pytest.raises(UserError, match=r"judgments have no verdict \(\d+ unparseable\)"):
+            evaluate(recipe_for("alpaca_eval", judge.base_url, tmp_path), "alpaca_eval", tmp_path)
+        # ... or, allowed, counted in the metrics
+        metrics, out = evaluate(recipe_for("alpaca_eval", judge.base_url, tmp_path, "eval.max_failed_judgments=0.9"),
+                                "alpaca_eval", tmp_path)
     annotations = read_jsonl(out / "annotations.jsonl")
     bad = [a for a in annotations if a["status"] == "unparseable"]
     assert 0 < len(bad) < LIMIT
@@ -205,6 +213,7 @@ def test_tiny_model_served_by_transformers_as_the_judge(tmp_path):
     with LocalServer(log_path=tmp_path / "serve.log") as server:
         for suite, judgments in [("alpaca_eval", 1), ("arena_hard", 2), ("mt_bench", 2)]:
             recipe = recipe_for(suite, server.base_url, tmp_path, "eval.limit=1", "eval.judge_max_tokens=12",
+                                "eval.max_failed_judgments=1.0",  # unreadable verdicts are expected here
                                 judge_model=str(TINY_MODEL), timeout=120)
             metrics, out = evaluate(recipe, suite, tmp_path)
             assert metrics["judge_judgments"] == judgments and metrics["judge_failed"] == 0
@@ -257,7 +266,8 @@ def test_official_backend_hands_the_outputs_to_alpaca_eval(tmp_path, monkeypatch
     assert call["base_url"] == "http://127.0.0.1:9/v1" and call["key"] == "sk-test"
     assert "OPENAI_BASE_URL" not in os.environ  # restored after the call
     assert metrics["backend"] == "official" and metrics["length_controlled_winrate"] == 12.5
-    assert headline("alpaca_eval", metrics) == {"lc_win_rate": 12.5, "win_rate": 10.0, "win_rate_se": 1.5}
+    assert headline("alpaca_eval", metrics) == {"lc_win_rate_v1": 12.5, "win_rate": 10.0, "win_rate_se": 1.5}
+    assert metrics["lc_glm"] == "length_controlled_v1"
     assert "sk-test" not in (out / "metrics.json").read_text()
 
 
@@ -271,7 +281,7 @@ def test_loop_evaluates_every_suite_each_round_and_writes_the_report(tmp_path):
     with ScriptedJudge() as judge:
         judge_cfg = (f'{{base_url: "{judge.base_url}", model: scripted-judge, concurrency: 4, '
                      f'cache_dir: "{tmp_path / "judge_cache"}"}}')
-        proc = run_iterate(tmp_path / "run", "eval.suites=[toy,alpaca_eval,arena_hard,mt_bench]", "eval.limit=3",
+        proc = run_iterate(tmp_path / "run", "eval.suites=[toy,alpaca_eval,arena_hard,mt_bench]", "eval.limit=5",
                            "eval.sampling.max_new_tokens=8", f"eval.judge={judge_cfg}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
@@ -279,10 +289,10 @@ def test_loop_evaluates_every_suite_each_round_and_writes_the_report(tmp_path):
     assert {(r["round"], r["suite"]) for r in rows} == {(t, s) for t in (0, 1)
                                                          for s in ("toy", "alpaca_eval", "arena_hard", "mt_bench")}
     by = {(r["round"], r["suite"]): r["metrics"] for r in rows}
-    assert {"lc_win_rate", "win_rate"} <= set(by[1, "alpaca_eval"]) and "ci_upper" in by[1, "arena_hard"]
+    assert {"lc_win_rate_minimal", "win_rate"} <= set(by[1, "alpaca_eval"]) and "ci_upper" in by[1, "arena_hard"]
     assert "turn_2" in by[1, "mt_bench"]
     md = (run / "report.md").read_text()
-    for suite, metric in [("toy", "win_rate"), ("alpaca_eval", "lc_win_rate"), ("arena_hard", "win_rate"),
+    for suite, metric in [("toy", "win_rate"), ("alpaca_eval", "lc_win_rate_minimal"), ("arena_hard", "win_rate"),
                           ("mt_bench", "score")]:
         assert f"### {suite}" in md and (run / "plots" / f"{suite}__{metric}.png").exists()
     assert "## Data per round" in md and "## Example pairs" in md

@@ -28,6 +28,9 @@ class Sampling:
     n: int = 1
     seed: int = 0
     stop: list[str] = field(default_factory=list)
+    top_logprobs: int = 0
+    """Ask for the k most likely tokens at each generated position (OpenAI-compatible servers;
+    the in-process engines ignore it)."""
 
     def for_shard(self, index: int) -> Sampling:
         digest = hashlib.sha256(f"{self.seed}:{index}".encode()).hexdigest()
@@ -46,6 +49,9 @@ class Completion:
     texts: list[str]
     finish_reasons: list[str]  # "stop" (end of turn or a stop string) or "length"
     num_tokens: list[int]
+    # per sample: each generated token's top alternatives [{"token", "logprob"}, ...], or None where
+    # the engine or server gave none
+    top_logprobs: list | None = None
 
     @property
     def text(self) -> str:

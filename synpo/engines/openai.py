@@ -166,13 +166,15 @@ class OpenAIEngine:
                 "temperature": sampling.temperature, "top_p": sampling.top_p, "seed": seed}
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        if sampling.top_logprobs:
+            body.update(logprobs=True, top_logprobs=sampling.top_logprobs)
         return {**body, **self.cfg.extra_body}
 
     @staticmethod
-    def _finish(answer: dict, stop: list[str]) -> tuple[str, str, int]:
+    def _finish(answer: dict, stop: list[str]) -> tuple[str, str, int, list | None]:
         text, cut = cut_at_stop(answer["text"], stop)  # also where a server ignores `stop`
         reason = "length" if answer["finish_reason"] == "length" and not cut else "stop"
-        return text.strip(), reason, answer.get("completion_tokens") or 0
+        return text.strip(), reason, answer.get("completion_tokens") or 0, answer.get("top_logprobs")
 
     def _fetch_all(self, todo: list, done: dict) -> None:
         """Send what is not cached, `concurrency` at a time. On the first failure nothing new is
@@ -252,8 +254,13 @@ class OpenAIEngine:
 
 def _answer(data: dict) -> dict:
     choice = data["choices"][0]
-    return {"text": choice["message"].get("content") or "", "finish_reason": choice.get("finish_reason"),
-            "completion_tokens": (data.get("usage") or {}).get("completion_tokens")}
+    answer = {"text": choice["message"].get("content") or "", "finish_reason": choice.get("finish_reason"),
+              "completion_tokens": (data.get("usage") or {}).get("completion_tokens")}
+    content = (choice.get("logprobs") or {}).get("content")
+    if content:  # OpenAI's and vLLM's format: one entry per generated token
+        answer["top_logprobs"] = [[{"token": t["token"], "logprob": t["logprob"]} for t in position.get("top_logprobs")
+                                   or [position]] for position in content]
+    return answer
 
 
 def _seconds(value: str | None) -> float | None:

@@ -4,14 +4,19 @@ Builtin backend: the 805 instructions (or a fixed-seed subsample, `eval.limit`),
 outputs written as alpaca_eval's `model_outputs.json` (with the matching `reference_outputs.json`,
 so `alpaca_eval --model_outputs ... --reference_outputs ...` can be run on them too), one
 judgment per instruction with the weighted_alpaca_eval_gpt4_turbo prompt at temperature 0, the
-two outputs' order drawn per instruction from a fixed seed. The judge's first letter m / M
-gives a hard preference (the official annotator weights by the logprobs of m and M instead; a
-judge endpoint without logprobs gives the hard version). Metrics: WR with its standard error,
-and LC from the `length_controlled_minimal` GLM (no instruction-difficulty term: see
-synpo.evals.stats). Unparseable and failed judgments are counted and left out of WR and LC.
+two outputs' order drawn per instruction from a fixed seed. The judge is asked for the top 5
+logprobs of its first token and the preference is weighted as alpaca_eval's default annotator
+(weighted_alpaca_eval_gpt4_turbo) weights it: 2 - P(m) / (P(m) + P(M)), in [1, 2]. A server
+that returns no logprobs gets the hard verdict of the reply's letter m / M instead, and the
+annotation records which (`preference_kind`: weighted / hard); the metrics count both. Metrics:
+WR with its standard error, and LC from the `length_controlled_minimal` GLM (no
+instruction-difficulty term: see synpo.evals.stats), headline `lc_win_rate_minimal`.
+Unparseable and failed judgments are counted and left out of WR and LC.
 
 Official backend (`eval.alpaca_eval_backend: official`): the same outputs are handed to the
-`alpaca_eval` package, which judges with its own annotator config and computes its own LC.
+`alpaca_eval` package, which judges with its own annotator config and computes its own LC with
+its default `length_controlled_v1` GLM, headline `lc_win_rate_v1`: a different number, never
+compared with the builtin one.
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ from synpo.engines.base import Request
 from synpo.evals import stats
 from synpo.evals.datasets import load_suite
 from synpo.evals.judge import Judge, Tally, generate_answers, suite_max_tokens
-from synpo.evals.verdicts import parse_alpaca_eval
+from synpo.evals.verdicts import parse_alpaca_eval, weighted_alpaca_eval
 from synpo.io import write_json, write_jsonl
 from synpo.progress import log
 from synpo.prompts import render
 from synpo.recipe import Recipe
 
 JUDGE_MAX_TOKENS = 16  # the official annotator reads 1 token; a little room for a chatty open judge
+TOP_LOGPROBS = 5  # weighted_alpaca_eval_gpt4_turbo's setting
+LC_V1 = "length_controlled_v1"  # alpaca_eval's default GLM: the official backend's LC
 
 
 def run(recipe: Recipe, engine, out_dir: Path, work: Path, generator: str, make_judge) -> dict:
@@ -75,21 +82,33 @@ def judge_outputs(judge: Judge, rows: list[dict], outputs: list[str], generator:
                                         {"role": "user", "content": render("judge_alpaca_eval",
                                                                            instruction=r["instruction"],
                                                                            output_1=first, output_2=second)}]))
-    replies = judge.ask(conversations, max_tokens, desc="alpaca_eval: judge")
+    replies = judge.ask(conversations, max_tokens, desc="alpaca_eval: judge", top_logprobs=TOP_LOGPROBS)
     tally = Tally()
     annotations = []
     for r, out, reply in zip(rows, outputs, replies):
         is_swapped = swapped(seed, r["id"])
-        position = parse_alpaca_eval(reply.text)
-        status = tally.add(reply, position)
-        # alpaca_eval's preference: 1 = output_1 (the reference) wins, 2 = output_2 (the model) wins
-        preference = None if position is None else (3 - position if is_swapped else position)
+        shown, kind = judged_preference(reply)
+        status = tally.add(reply, shown)
+        # alpaca_eval's preference: 1 = output_1 (the reference) wins, 2 = output_2 (the model) wins;
+        # shown in swapped order it is 3 - x, as alpaca_eval un-swaps (weighted values included)
+        preference = None if shown is None else (3 - shown if is_swapped else shown)
         annotations.append({"id": r["id"], "instruction": r["instruction"], "dataset": r["dataset"],
                             "output_1": r["reference"], "generator_1": r["reference_generator"],
                             "output_2": out, "generator_2": generator, "annotator": judge.name,
-                            "is_swapped": is_swapped, "preference": preference, "status": status,
+                            "is_swapped": is_swapped, "preference": preference,
+                            "preference_kind": kind if shown is not None else None, "status": status,
                             "raw_completion": reply.text, "error": reply.error})
     return annotations, tally
+
+
+def judged_preference(reply) -> tuple[float | None, str | None]:
+    """(preference of the order shown, "weighted" or "hard"): weighted by the first token's logprobs
+    when the server returned them, else the hard m / M verdict of the text."""
+    if reply.text is None:
+        return None, None
+    if reply.top_logprobs:
+        return weighted_alpaca_eval(reply.top_logprobs), "weighted"
+    return parse_alpaca_eval(reply.text), "hard"
 
 
 def metrics_from(annotations: list[dict], tally: Tally, judge_name: str) -> dict:
@@ -104,8 +123,12 @@ def metrics_from(annotations: list[dict], tally: Tally, judge_name: str) -> dict
     if extreme:
         log(f"[yellow]alpaca_eval: LC {lc['length_controlled_winrate']:.1f} % is very different from WR "
             f"{wr['win_rate']:.1f} % over {len(judged)} judgments: the length GLM may have failed (few judgments?)")
+    kinds = [a["preference_kind"] for a in judged]
     metrics = {
         **wr, **lc, "lc_extreme_change": extreme,
+        "preferences": ("weighted" if set(kinds) == {"weighted"} else "hard" if set(kinds) == {"hard"}
+                        else "mixed" if kinds else None),
+        "judge_weighted": kinds.count("weighted"), "judge_hard_fallback": kinds.count("hard"),
         "avg_length": sum(len(a["output_2"]) for a in annotations) / max(n, 1),
         "avg_reference_length": sum(len(a["output_1"]) for a in annotations) / max(n, 1),
         "n_instructions": n, "judge": judge_name, "backend": "builtin",
@@ -117,7 +140,10 @@ def metrics_from(annotations: list[dict], tally: Tally, judge_name: str) -> dict
 
 
 def _headline(m: dict) -> dict:
-    out = {"lc_win_rate": m.get("length_controlled_winrate"), "win_rate": m.get("win_rate"),
+    # the two backends' LCs come from different GLMs: their names keep them apart in metrics.jsonl,
+    # the report's tables and its plots (one plot per name)
+    lc_name = "lc_win_rate_v1" if m.get("lc_glm") == LC_V1 else "lc_win_rate_minimal"
+    out = {lc_name: m.get("length_controlled_winrate"), "win_rate": m.get("win_rate"),
            "win_rate_se": m.get("standard_error"), "judge_unparseable": m.get("judge_unparseable"),
            "judge_failed": m.get("judge_failed")}
     return {k: v for k, v in out.items() if v is not None}
@@ -154,19 +180,23 @@ def run_official(recipe: Recipe, out_dir: Path, generator: str) -> dict:
             else:
                 os.environ[k] = v
     row = {k: _plain(v) for k, v in leaderboard.loc[generator].to_dict().items()}
-    metrics = {**row, "backend": "official", "annotators_config": recipe.eval.alpaca_eval_annotator}
+    metrics = {**row, "backend": "official", "annotators_config": recipe.eval.alpaca_eval_annotator,
+               "lc_glm": LC_V1}
     metrics["headline"] = _headline(metrics)
     return metrics
 
 
 def _official_package():
+    from synpo.errors import UserError
+
     try:
         import alpaca_eval
-    except ImportError:
-        from synpo.errors import UserError
-
+    except ImportError as e:
+        if getattr(e, "name", None) == "pkg_resources":  # alpaca_eval 0.6 imports it; setuptools 81 dropped it
+            raise UserError("eval.alpaca_eval_backend: official: the alpaca_eval package imports pkg_resources, "
+                            "which setuptools>=81 no longer has: pip install 'setuptools<81'") from None
         raise UserError("eval.alpaca_eval_backend: official needs the alpaca_eval package "
-                        "(pip install alpaca-eval), or use the builtin backend") from None
+                        "(pip install 'synpo[alpaca_eval]'), or use the builtin backend") from None
     return alpaca_eval
 
 

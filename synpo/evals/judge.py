@@ -15,7 +15,8 @@ that the server rejects with a 400-class error about the request itself) becomes
 without text, counted as failed in the suite's metrics; a reply the suite cannot read is
 counted as unparseable. When more than `eval.max_failed_judgments` of the requests failed,
 no new request is started and the suite stops with an error: running the same command again
-sends only what is not cached. A 401 / 403 / 404 (wrong key, URL or model) stops at once.
+sends only what is not cached. The same cap holds for failed and unparseable judgments
+together once all replies are in: more than that fraction without a verdict stops the suite. A 401 / 403 / 404 (wrong key, URL or model) stops at once.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Reply:
     id: str
     text: str | None  # None: the request failed
     error: str | None = None
+    top_logprobs: list | None = None  # per generated token, when asked for and the server returned them
 
 
 class Judge:
@@ -53,11 +55,13 @@ class Judge:
         self.name = cfg.model
         self.engine = OpenAIEngine(cfg, model=cfg.model)
 
-    def ask(self, conversations: list[tuple[str, list[dict]]], max_tokens: int, desc: str = "judge") -> list[Reply]:
-        """One reply per (id, messages), in order; failed requests give Reply(text=None, error=...)."""
+    def ask(self, conversations: list[tuple[str, list[dict]]], max_tokens: int, desc: str = "judge",
+            top_logprobs: int = 0) -> list[Reply]:
+        """One reply per (id, messages), in order; failed requests give Reply(text=None, error=...).
+        `top_logprobs`: ask for the k most likely tokens at each position (AlpacaEval's weighting)."""
         from synpo.engines.openai import OpenAIEngineError, RequestRejected
 
-        sampling = Sampling(temperature=0.0, max_new_tokens=max_tokens, seed=self.seed)
+        sampling = Sampling(temperature=0.0, max_new_tokens=max_tokens, seed=self.seed, top_logprobs=top_logprobs)
         requests = [Request(i, messages) for i, messages in conversations]
         allowed = math.floor(self.max_failed * len(requests))
         replies: dict[int, Reply] = {}
@@ -65,7 +69,9 @@ class Judge:
 
         def one(request: Request) -> Reply:
             try:
-                return Reply(request.id, self.engine.generate([request], sampling)[0].text)
+                completion = self.engine.generate([request], sampling)[0]
+                return Reply(request.id, completion.text,
+                             top_logprobs=completion.top_logprobs[0] if completion.top_logprobs else None)
             except RequestRejected as e:
                 if e.status in FATAL_STATUS:
                     raise
@@ -126,14 +132,24 @@ class Tally:
                 "judge_errors": dict(self.errors)}
 
     def check(self, max_fraction: float, suite: str) -> None:  # over several ask() calls (arena_hard)
-        """Stop the suite when too many judgments failed (a rerun retries them; the rest are cached)."""
-        if self.judgments and self.failed / self.judgments > max_fraction:
+        """Stop the suite when more than `max_fraction` of its judgments have no verdict, failed
+        requests and unparseable replies alike: a metric over the readable rest would be quoted
+        as if it covered the whole suite."""
+        missing = self.failed + self.unparseable
+        if self.judgments and missing / self.judgments > max_fraction:
             kinds = ", ".join(f"{k} x{v}" for k, v in self.errors.most_common())
-            raise UserError(f"{suite}: {self.failed} of {self.judgments} judge requests failed after retries "
-                            f"({kinds}); finished judgments are cached, run the same command again to retry the "
-                            "rest, or raise eval.max_failed_judgments to report with them counted as failed")
-        if self.failed:
-            log(f"[yellow]{suite}: {self.failed} judge request(s) failed after retries; counted in the metrics")
+            parts = [f"{self.failed} failed after retries ({kinds})"] if self.failed else []
+            parts += [f"{self.unparseable} unparseable"] if self.unparseable else []
+            fix = ("finished judgments are cached, run the same command again to retry the failed ones; "
+                   if self.failed else "")
+            fix += "an unparseable reply is cached too: use a judge that answers in the suite's format; " \
+                if self.unparseable else ""
+            raise UserError(f"{suite}: {missing} of {self.judgments} judgments have no verdict "
+                            f"({', '.join(parts)}), over eval.max_failed_judgments={max_fraction:g}; {fix}"
+                            "or raise eval.max_failed_judgments to report with them counted")
+        if missing:
+            log(f"[yellow]{suite}: {self.failed} judge request(s) failed after retries and {self.unparseable} "
+                "repl(ies) were unparseable; counted in the metrics and left out of the scores")
 
 
 def suite_max_tokens(cfg: EvalConfig, official: int) -> int:

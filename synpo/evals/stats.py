@@ -137,8 +137,12 @@ def length_controlled_win_rate(preferences, model_lengths, reference_lengths) ->
     fall in the same fold); C is the grid value with the best summed held-out log loss over
     5-fold GroupKFold, then the model is refit on all judgments with that C.
     """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GroupKFold
 
+    warnings.filterwarnings("ignore", category=ConvergenceWarning)  # alpaca_eval's fits hit the same 100 iterations
     p = _as_preferences(preferences) - 1.0
     n = len(p)
     if n < LC_FOLDS:  # 5-fold cross-validation needs 5 judgments; alpaca_eval fails below that

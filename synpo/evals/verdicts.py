@@ -6,6 +6,7 @@ suite (never dropped silently).
 
 from __future__ import annotations
 
+import math
 import re
 
 # ---- AlpacaEval: "m" (output_1) or "M" (output_2) -------------------------------------------
@@ -19,6 +20,21 @@ def parse_alpaca_eval(text: str | None) -> int | None:
         return None
     m = ALPACA.search(text.strip())
     return None if m is None else (1 if m.group(1) == "m" else 2)
+
+
+def weighted_alpaca_eval(top_logprobs: list | None) -> float | None:
+    """alpaca_eval's logprob_parser (numerator m, denominator m and M, not binarised) on the first
+    generated token: 2 - P(m) / (P(m) + P(M)), in [1, 2] (1: the output labelled m wins). A token
+    missing from the top list has probability 0; neither present: None (alpaca_eval's NaN)."""
+    if not top_logprobs:
+        return None
+    found = {t["token"]: t["logprob"] for t in top_logprobs[0] if t["token"] in ("m", "M")}
+    if not found:
+        return None
+    m, big_m = found.get("m", -math.inf), found.get("M", -math.inf)
+    top = max(m, big_m)
+    p_m = math.exp(m - top) / (math.exp(m - top) + math.exp(big_m - top))
+    return 2 - p_m
 
 
 # ---- Arena-Hard: [[A>>B]] ... [[B>>A]] ------------------------------------------------------
