@@ -16,7 +16,8 @@ without text, counted as failed in the suite's metrics; a reply the suite cannot
 counted as unparseable. When more than `eval.max_failed_judgments` of the requests failed,
 no new request is started and the suite stops with an error: running the same command again
 sends only what is not cached. The same cap holds for failed and unparseable judgments
-together once all replies are in: more than that fraction without a verdict stops the suite. A 401 / 403 / 404 (wrong key, URL or model) stops at once.
+together once all replies are in: more than that fraction without a verdict stops the suite.
+A 401 / 403 / 404 (wrong key, URL or model) stops at once.
 """
 
 from __future__ import annotations

@@ -117,8 +117,8 @@ def _l1_logistic(c: float):
     from sklearn.linear_model import LogisticRegression
 
     # scikit-learn 1.8 replaced penalty="l1" by l1_ratio=1 (the same liblinear L1 fit)
-    l1 = {"l1_ratio": 1.0} if int(sklearn.__version__.split(".")[0]) > 1 or \
-        int(sklearn.__version__.split(".")[1]) >= 8 else {"penalty": "l1"}
+    version = tuple(int(v) for v in sklearn.__version__.split(".")[:2])
+    l1 = {"l1_ratio": 1.0} if version >= (1, 8) else {"penalty": "l1"}
     return LogisticRegression(C=c, solver="liblinear", fit_intercept=False, dual=False,
                               random_state=LC_RANDOM_STATE, **l1)
 
@@ -142,7 +142,6 @@ def length_controlled_win_rate(preferences, model_lengths, reference_lengths) ->
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.model_selection import GroupKFold
 
-    warnings.filterwarnings("ignore", category=ConvergenceWarning)  # alpaca_eval's fits hit the same 100 iterations
     p = _as_preferences(preferences) - 1.0
     n = len(p)
     if n < LC_FOLDS:  # 5-fold cross-validation needs 5 judgments; alpaca_eval fails below that
@@ -155,6 +154,15 @@ def length_controlled_win_rate(preferences, model_lengths, reference_lengths) ->
     w2, groups = np.concatenate([p, 1 - p]), np.concatenate([np.arange(n), np.arange(n)])
     soft2 = np.concatenate([p, p])  # the label each row's prediction is scored against
     folds = list(GroupKFold(n_splits=LC_FOLDS).split(x2, y2, groups))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # alpaca_eval's fits stop at the same 100 iterations
+        phi, theta, best = _cross_validated_fit(x2, y2, w2, soft2, folds)
+    lc = float(_sigmoid(np.array([theta]))[0] * 100)  # every instruction at Δ = 0
+    return {"length_controlled_winrate": lc, "lc_glm": LC_GLM, "lc_C": float(LC_CS[best]),
+            "lc_coefficients": {"tanh_std_delta_len": float(phi), "intercept": float(theta)}}
+
+
+def _cross_validated_fit(x2, y2, w2, soft2, folds) -> tuple[float, float, int]:
     losses = []
     for c in LC_CS:
         total = 0.0
@@ -164,9 +172,7 @@ def length_controlled_win_rate(preferences, model_lengths, reference_lengths) ->
         losses.append(total)
     best = int(np.argmin(losses))  # the first of equal scores, as LogisticRegressionCV's argmax
     phi, theta = _l1_logistic(LC_CS[best]).fit(x2, y2, sample_weight=w2).coef_[0]
-    lc = float(_sigmoid(np.array([theta]))[0] * 100)  # every instruction at Δ = 0
-    return {"length_controlled_winrate": lc, "lc_glm": LC_GLM, "lc_C": float(LC_CS[best]),
-            "lc_coefficients": {"tanh_std_delta_len": float(phi), "intercept": float(theta)}}
+    return phi, theta, best
 
 
 def is_extreme_change(win_rate: float, lc: float, abs_diff: float = 10, rel_diff: float = 4) -> bool:
