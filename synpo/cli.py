@@ -22,21 +22,89 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     if args.suite != "toy":
-        raise UserError(f"--suite {args.suite}: run judged suites through a recipe (eval.suites) "
-                        "so the judge is configured; `synpo eval` runs the toy suite")
+        return eval_judged(args)
     from synpo.engines.base import Sampling
     from synpo.engines.hf import HFEngine
     from synpo.evals import toy
 
     engine = HFEngine(args.model, batch_size=args.batch_size)
     rows = toy.load_benchmark(limit=args.limit, seed=args.seed)
-    metrics, _ = toy.evaluate(engine, rows, Sampling(temperature=0.0, max_new_tokens=args.max_new_tokens))
+    max_new_tokens = args.max_new_tokens or TOY_MAX_NEW_TOKENS
+    metrics, _ = toy.evaluate(engine, rows, Sampling(temperature=0.0, max_new_tokens=max_new_tokens))
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
         from synpo.progress import results
 
         results.print(toy.table(metrics, title=f"toy benchmark: {args.model}"))
+    return 0
+
+
+TOY_MAX_NEW_TOKENS = 48
+
+
+def eval_recipe(args: argparse.Namespace):
+    """The recipe a judged `synpo eval` runs: --recipe (or the defaults), then the command line's
+    judge, limit, engine and data options, then --set. Its eval section is what the loop would use."""
+    import re
+    from pathlib import Path
+
+    from synpo.recipe import load_recipe
+
+    overrides = [f"eval.suites=[{args.suite}]"]
+    # the evaluated model's name in the output files: its directory's name
+    name = re.sub(r"[^\w.-]+", "-", Path(args.model.rstrip("/")).name).lstrip(".") or "model"
+    overrides.append(f"name={json.dumps(name)}")
+    if args.judge_url or args.judge_model:
+        if not (args.judge_url and args.judge_model):
+            raise UserError("--judge-url and --judge-model: give both (an OpenAI-compatible endpoint and its model)")
+        judge = {"kind": "openai", "base_url": args.judge_url, "model": args.judge_model}
+        if args.judge_api_key_env:
+            judge["api_key_env"] = args.judge_api_key_env
+        overrides.append(f"eval.judge={json.dumps(judge)}")
+    if args.limit:
+        overrides.append(f"eval.limit={args.limit}")
+    if args.engine:
+        overrides.append(f"engine.kind={args.engine}")
+    if args.data_dir:
+        overrides.append(f"eval.data_dir={json.dumps(args.data_dir)}")
+    if args.max_new_tokens:
+        overrides.append(f"eval.sampling.max_new_tokens={args.max_new_tokens}")
+    if args.threads:
+        overrides.append(f"runtime.threads={args.threads}")
+    if args.recipe is None and args.engine in (None, "hf"):
+        overrides.append(f"engine.batch_size={args.batch_size}")
+    if args.recipe is None and not args.judge_url and not any(a.startswith("eval.") for a in args.set):
+        raise UserError(f"--suite {args.suite}: needs a judge: --judge-url URL --judge-model NAME "
+                        "(an OpenAI-compatible endpoint), or a --recipe whose eval.judge is set")
+    return load_recipe(args.recipe, [*overrides, *args.set], check_files=False)
+
+
+def eval_judged(args: argparse.Namespace) -> int:
+    """alpaca_eval / arena_hard / mt_bench on any checkpoint: the loop's evaluate stage, on its own.
+    Outputs in --out (default synpo-eval/MODEL/SUITE); answers are sharded there and judgments
+    cached, so running the same command again resumes and sends no finished request."""
+    from pathlib import Path
+
+    from synpo.stages.evaluate import evaluate_suite, headline
+
+    recipe = eval_recipe(args)
+    out = Path(args.out) if args.out else Path("synpo-eval") / recipe.name / args.suite
+    metrics = evaluate_suite(recipe, args.suite, args.model, out, out / ".work")
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        from rich.table import Table
+
+        from synpo.progress import results
+
+        table = Table(title=f"{args.suite}: {args.model} (judge {metrics.get('judge')})")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in headline(args.suite, metrics).items():
+            table.add_row(k, f"{v:.2f}" if isinstance(v, float) else str(v))
+        results.print(table)
+        print(f"outputs: {out}")
     return 0
 
 
@@ -75,15 +143,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("iterate", help="run SynPO rounds from a recipe (same as python -m synpo.iterate)")
     p.add_argument("args", nargs=argparse.REMAINDER)
 
-    p = sub.add_parser("eval", help="evaluate a model on a suite")
+    p = sub.add_parser("eval", help="evaluate a model on a suite (judged suites: the loop's evaluation, on its own)")
     p.add_argument("--suite", default="toy", choices=["toy", "alpaca_eval", "arena_hard", "mt_bench"])
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--json", action="store_true", help="print metrics as JSON on stdout")
     p.add_argument("--limit", type=int, help="evaluate a fixed-seed subsample of N items")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, help=f"answer length (toy default {TOY_MAX_NEW_TOKENS}; "
+                                                      "judged suites: eval.sampling.max_new_tokens)")
     p.add_argument("--threads", type=int)
+    p.add_argument("--judge-url", help="judged suites: the judge's OpenAI-compatible base URL")
+    p.add_argument("--judge-model", help="judged suites: the judge's model name")
+    p.add_argument("--judge-api-key-env", help="judged suites: environment variable holding the judge's API key")
+    p.add_argument("--engine", choices=["hf", "vllm", "openai"], help="judged suites: the engine answering")
+    p.add_argument("--data-dir", help="judged suites: directory of the evaluation sets (eval.data_dir)")
+    p.add_argument("--recipe", help="judged suites: take engine, judge and eval settings from this recipe")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    p.add_argument("--out", help="judged suites: output directory (default synpo-eval/MODEL/SUITE)")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("report", help="write report.md / report.html for a run directory")

@@ -158,10 +158,13 @@ def suite_max_tokens(cfg: EvalConfig, official: int) -> int:
     return min(official, cfg.judge_max_tokens) if cfg.judge_max_tokens else official
 
 
-def generate_answers(engine, requests: list[Request], recipe: Recipe, shard_dir: Path, desc: str) -> list[str]:
-    """The evaluated model's answers (recipe.eval.sampling), sharded so a killed stage resumes."""
+def generate_answers(engine, requests: list[Request], recipe: Recipe, shard_dir: Path, desc: str,
+                     temperature: float | None = None) -> list[str]:
+    """The evaluated model's answers (recipe.eval.sampling, or its settings at `temperature`),
+    sharded so a killed stage resumes."""
     s = recipe.eval.sampling
-    sampling = Sampling(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens, seed=recipe.seed)
+    sampling = Sampling(temperature=s.temperature if temperature is None else temperature, top_p=s.top_p,
+                        max_new_tokens=s.max_new_tokens, seed=recipe.seed)
     completions = generate_sharded(engine, requests, sampling, shard_dir,
                                    shard_size=recipe.engine_for("eval").shard_size, desc=desc)
     return [c.text.strip() for c in completions]

@@ -1,6 +1,9 @@
 """MT-Bench: two-turn questions, each turn graded 1-10 by the judge (FastChat's single-answer mode).
 
-The model answers turn 1, then turn 2 with its own first answer in the conversation. Each
+The model answers turn 1, then turn 2 with its own first answer in the conversation, at
+FastChat's temperature for the question's category (gen_model_answer.py's temperature_config:
+writing and roleplay 0.7, stem and humanities 0.1, extraction, math, coding and reasoning 0,
+any other category 0.7); eval.sampling gives the rest (top_p, max_new_tokens). Each
 turn is graded with FastChat's official prompts (prompts/mt_bench_judge_prompts.jsonl):
 `single-v1` for turn 1 and `single-v1-multi-turn` for turn 2, or their `-math-` variants with
 GPT-4's reference answers for the math, reasoning and coding categories. The rating is read
@@ -24,6 +27,10 @@ from synpo.io import write_jsonl
 from synpo.recipe import Recipe
 
 JUDGE_MAX_TOKENS = 2048  # FastChat's judge setting
+# FastChat's per-category answer temperatures (fastchat/llm_judge/common.py temperature_config)
+TEMPERATURES = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
+                "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
+DEFAULT_TEMPERATURE = 0.7  # gen_model_answer.py's value for a category outside the table
 NEED_REF_CATS = ("math", "reasoning", "coding")
 
 
@@ -39,13 +46,12 @@ def judge_prompts() -> dict[str, dict]:
 def run(recipe: Recipe, engine, out_dir: Path, work: Path, generator: str, make_judge) -> dict:
     cfg = recipe.eval
     rows = load_suite("mt_bench", cfg.data_dir, cfg.limit, recipe.seed)
-    first = generate_answers(engine, [Request(f"{r['id']}-t1", [{"role": "user", "content": r["turns"][0]}])
-                                      for r in rows], recipe, work / "turn1", desc="mt_bench: turn 1")
-    second = generate_answers(engine, [Request(f"{r['id']}-t2", [{"role": "user", "content": r["turns"][0]},
-                                                                  {"role": "assistant", "content": a1},
-                                                                  {"role": "user", "content": r["turns"][1]}])
-                                       for r, a1 in zip(rows, first)], recipe, work / "turn2",
-                              desc="mt_bench: turn 2")
+    first = answer_by_temperature(engine, rows, [[{"role": "user", "content": r["turns"][0]}] for r in rows],
+                                  recipe, work / "turn1", "t1")
+    second = answer_by_temperature(engine, rows, [[{"role": "user", "content": r["turns"][0]},
+                                                   {"role": "assistant", "content": a1},
+                                                   {"role": "user", "content": r["turns"][1]}]
+                                                  for r, a1 in zip(rows, first)], recipe, work / "turn2", "t2")
     now = time.time()
     write_jsonl(out_dir / "model_answer.jsonl", (
         {"question_id": r["question_id"], "answer_id": f"{generator}-{r['question_id']}", "model_id": generator,
@@ -58,6 +64,23 @@ def run(recipe: Recipe, engine, out_dir: Path, work: Path, generator: str, make_
     write_jsonl(out_dir / "model_judgment.jsonl", judgments)
     tally.check(cfg.max_failed_judgments, "mt_bench")
     return metrics_from(judgments, tally, judge.name)
+
+
+def temperature(category: str) -> float:
+    return TEMPERATURES.get(category, DEFAULT_TEMPERATURE)
+
+
+def answer_by_temperature(engine, rows: list[dict], conversations: list[list[dict]], recipe: Recipe,
+                          shard_dir: Path, turn: str) -> list[str]:
+    """One turn's answers, each question sampled at its category's temperature (a batch per temperature)."""
+    answers: dict[int, str] = {}
+    for t in sorted({temperature(r["category"]) for r in rows}):
+        picked = [i for i, r in enumerate(rows) if temperature(r["category"]) == t]
+        texts = generate_answers(engine, [Request(f"{rows[i]['id']}-{turn}", conversations[i]) for i in picked],
+                                 recipe, shard_dir / f"temperature-{t:g}", desc=f"mt_bench: {turn} (T={t:g})",
+                                 temperature=t)
+        answers.update(zip(picked, texts))
+    return [answers[i] for i in range(len(rows))]
 
 
 def judge_messages(row: dict, turn: int, a1: str, a2: str) -> tuple[str, list[dict]]:
@@ -113,6 +136,7 @@ def metrics_from(judgments: list[dict], tally: Tally, judge_name: str) -> dict:
         "turn_2": _mean([j["score"] for j in rated if j["turn"] == 2]),
         "categories": {c: _mean(v) for c, v in sorted(by_category.items())},
         "n_questions": len({j["question_id"] for j in judgments}), "n_rated": len(rated),
+        "answer_temperatures": "FastChat's per category",
         "judge": judge_name, **tally.metrics(),
     }
     headline = {"score": metrics["score"], "turn_1": metrics["turn_1"], "turn_2": metrics["turn_2"],

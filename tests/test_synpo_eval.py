@@ -1,0 +1,129 @@
+"""`synpo eval` on judged suites, AlpacaEval's weighted verdicts and MT-Bench's answer temperatures.
+
+The AlpacaEval set is generated here in alpaca_eval's format (no ../shared/data needed); the
+judge is the scripted loopback server of tests/judge_server.py.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from judge_server import ScriptedJudge, alpaca_confidence, sha
+
+from synpo.cli import main
+from synpo.engines.base import Completion
+from synpo.evals.verdicts import weighted_alpaca_eval
+from synpo.io import read_json, read_jsonl
+from synpo.toy import TINY_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """An AlpacaEval reference file of 30 instructions with outputs of varied lengths."""
+    rows = [{"dataset": "helpful_base", "instruction": f"Question {i}: what is {i} plus {i * 3}?",
+             "output": f"The answer is {4 * i}. " + "Here is why. " * (i % 7), "generator": "gpt4_1106_preview"}
+            for i in range(30)]
+    path = tmp_path / "evals" / "alpaca_eval" / "gpt4_1106_preview_model_outputs.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(rows))
+    return path.parents[1]
+
+
+def _eval_args(judge, data_dir, out, *extra):
+    return ["eval", "--suite", "alpaca_eval", "--model", str(TINY_MODEL), "--judge-url", judge.base_url,
+            "--judge-model", "scripted-judge", "--limit", "20", "--data-dir", str(data_dir), "--out", str(out),
+            "--max-new-tokens", "8", "--threads", "1", *extra]
+
+
+def test_synpo_eval_alpaca_eval_end_to_end_and_resumable(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("SYNPO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SYNPO_QUIET", "1")
+    out = tmp_path / "eval"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    with ScriptedJudge() as judge:
+        proc = subprocess.run([sys.executable, "-m", "synpo.cli", *_eval_args(judge, data_dir, out, "--json")],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        metrics = json.loads(proc.stdout)
+        assert len(judge.received) == 20 and sum(judge.received.values()) == 20
+        # the loop's outputs: alpaca_eval-format outputs, annotations, metrics
+        outputs = json.loads((out / "model_outputs.json").read_text())
+        assert len(outputs) == 20 and {o["generator"] for o in outputs} == {"tiny-llama"}
+        annotations = read_jsonl(out / "annotations.jsonl")
+        assert [a["status"] for a in annotations] == ["ok"] * 20
+        assert all(a["preference_kind"] == "weighted" for a in annotations)
+        assert read_json(out / "metrics.json") == metrics
+        assert metrics["n_total"] == 20 and metrics["lc_glm"] == "length_controlled_minimal"
+        assert metrics["preferences"] == "weighted" and metrics["length_controlled_winrate"] is not None
+        # the same command again: answers from the shards, every judgment from the cache
+        assert main(_eval_args(judge, data_dir, out, "--json")) == 0
+        assert sum(judge.received.values()) == 20
+        assert read_json(out / "metrics.json") == metrics
+
+
+def test_synpo_eval_without_a_judge_is_a_clear_error(capsys):
+    assert main(["eval", "--suite", "arena_hard", "--model", str(TINY_MODEL)]) == 2
+    assert "--judge-url URL --judge-model NAME" in capsys.readouterr().err
+
+
+def test_weighted_preference_is_alpaca_eval_logprob_parser():
+    top = lambda **lp: [[{"token": t, "logprob": v} for t, v in lp.items()]]
+    assert weighted_alpaca_eval(top(m=math.log(0.8), M=math.log(0.2))) == pytest.approx(1.2)
+    assert weighted_alpaca_eval(top(M=-0.01, Both=-5.0)) == 2.0  # a missing token has probability 0
+    assert weighted_alpaca_eval(top(m=-0.3)) == 1.0
+    # only the first generated token is read (the official annotator generates one)
+    assert weighted_alpaca_eval(top(The=-0.1) + top(m=-0.1)) is None
+    assert weighted_alpaca_eval(None) is None and weighted_alpaca_eval([]) is None
+
+
+@pytest.mark.parametrize("logprobs", [True, False])
+def test_weighted_verdicts_and_the_hard_fallback(tmp_path, data_dir, monkeypatch, logprobs):
+    monkeypatch.setenv("SYNPO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SYNPO_QUIET", "1")
+    out = tmp_path / "eval"
+    with ScriptedJudge(logprobs=logprobs) as judge:
+        assert main([*_eval_args(judge, data_dir, out, "--json"), "--limit", "8"]) == 0
+    metrics = read_json(out / "metrics.json")
+    for a in read_jsonl(out / "annotations.jsonl"):
+        model_wins = sha(a["output_2"]) < sha(a["output_1"])  # the scripted judge's choice
+        if logprobs:  # 1 + P(the model's output wins), from the judge's logprobs, whichever order was shown
+            p = alpaca_confidence(a["output_1"], a["output_2"])
+            assert a["preference"] == pytest.approx(1 + (p if model_wins else 1 - p))
+            assert a["preference_kind"] == "weighted"
+        else:  # the server gave no logprobs: the hard verdict, recorded as such
+            assert a["preference"] == (2 if model_wins else 1) and a["preference_kind"] == "hard"
+    kind = "weighted" if logprobs else "hard"
+    assert metrics["preferences"] == kind
+    assert (metrics["judge_weighted"], metrics["judge_hard_fallback"]) == ((8, 0) if logprobs else (0, 8))
+
+
+def test_mt_bench_answers_use_fastchat_temperatures_per_category(tmp_path):
+    from synpo.evals import mt_bench
+    from synpo.evals.datasets import load_suite
+    from synpo.recipe import load_recipe
+
+    class Recording:
+        def __init__(self):
+            self.temperatures = {}
+
+        def generate(self, requests, sampling):
+            self.temperatures.update({r.id: sampling.temperature for r in requests})
+            return [Completion(r.id, [f"answer to {r.id}"], ["stop"], [3]) for r in requests]
+
+    rows = load_suite("mt_bench", None)
+    engine = Recording()
+    recipe = load_recipe(None, ["eval.sampling.temperature=0.3"], check_files=False)
+    answers = mt_bench.answer_by_temperature(engine, rows, [[{"role": "user", "content": r["turns"][0]}]
+                                                           for r in rows], recipe, tmp_path, "t1")
+    assert answers == [f"answer to {r['id']}-t1" for r in rows]  # in question order
+    expected = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
+                "reasoning": 0.0, "stem": 0.1, "humanities": 0.1}
+    assert {r["category"] for r in rows} == set(expected)
+    for r in rows:
+        assert engine.temperatures[f"{r['id']}-t1"] == expected[r["category"]]
