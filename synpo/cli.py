@@ -135,6 +135,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_decontaminate(args: argparse.Namespace) -> int:
+    from synpo.decontamination import decontaminate_file
+
+    if not 0 < args.similarity <= 1:
+        raise UserError(f"--similarity {args.similarity}: a fraction in (0, 1], e.g. 0.8")
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    info = decontaminate_file(args.input, args.out, suites, field=args.field, data_dir=args.data_dir,
+                              similarity=args.similarity)
+    reasons = ", ".join(f"{k} {v}" for k, v in info["dropped_by_reason"].items())
+    print(f"{args.input}: kept {info['kept']}, dropped {info['dropped']}{f' ({reasons})' if reasons else ''} "
+          f"of {info['rows']} rows, against {info['evaluation_prompts']} prompts of {', '.join(suites)}; "
+          f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synpo",
                                      description="Self-boosting alignment with synthetic preference data.")
@@ -162,6 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     p.add_argument("--out", help="judged suites: output directory (default synpo-eval/MODEL/SUITE)")
     p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("decontaminate", help="drop the rows of a JSONL file whose prompt is a near-copy of an "
+                                             "evaluation prompt")
+    p.add_argument("input", help="a JSONL file (every field of a kept row is kept)")
+    p.add_argument("--out", required=True, help="the JSONL file of the rows that pass")
+    p.add_argument("--suites", default="alpaca_eval,arena_hard",
+                   help="comma-separated: alpaca_eval, arena_hard, mt_bench, toy")
+    p.add_argument("--field", default="prompt", help="the prompt's field (text, or a list of chat messages)")
+    p.add_argument("--data-dir", help="directory of the evaluation sets (as eval.data_dir)")
+    p.add_argument("--similarity", type=float, default=0.8, help="near-duplicate threshold (rapidfuzz ratio / 100)")
+    p.set_defaults(fn=cmd_decontaminate)
 
     p = sub.add_parser("report", help="write report.md / report.html for a run directory")
     p.add_argument("run_dir")

@@ -98,6 +98,7 @@ class Loop:
                          section(r, "seed", "data.corpus", "prompt_generator.num_prompts",
                                  "prompt_generator.sampling", "prompt_generator.max_prompt_chars",
                                  "prompt_generator.validate_prompts", "prompt_generator.decontaminate_ngram",
+                                 "prompt_generator.decontaminate_similarity",
                                  "prompt_generator.decontaminate_threshold", "eval.suites"))
         self.run.stage(f"round_{t:02d}/prompts", fp, lambda work: generate_prompts(
             r, generator, t, out, earlier, eval_prompts(r), [x["prompt"] for x in self.seed_rows], work,

@@ -261,9 +261,13 @@ class PromptGeneratorConfig(Section):
     max_prompt_chars: PositiveInt = 2000
     validate_prompts: bool = True
     """Drop prompts the scorer cannot use (the toy checker knows valid tasks)."""
+    decontaminate_similarity: Fraction = 0.8
+    """Drop a prompt whose normalised text is this similar (rapidfuzz ratio / 100) to an evaluation
+    prompt: a near-duplicate (case, punctuation or a word changed; see synpo.decontamination)."""
     decontaminate_ngram: PositiveInt = 13
     decontaminate_threshold: Fraction = 0.5
-    """Drop a prompt when this fraction of its n-grams occurs in an evaluation set."""
+    """Also drop a prompt of at least decontaminate_ngram words when more than this fraction of its
+    word n-grams occurs in evaluation prompts (a copied passage)."""
     engine: EngineConfig | None = None
 
 

@@ -5,10 +5,11 @@ import random
 import pytest
 
 from synpo.data.keywords import content_keywords, corpus_keywords, seed_keywords
+from synpo.decontamination import Decontaminator
 from synpo.engines.base import Completion, Request, Sampling, generate_sharded
 from synpo.io import read_jsonl
 from synpo.stages.pairs import degenerate, repetition
-from synpo.stages.prompts import Contamination, filter_prompts, generator_training_rows, normalise
+from synpo.stages.prompts import filter_prompts, generator_training_rows, normalise
 
 
 def test_content_keywords_drop_stopwords_numbers_and_names():
@@ -91,7 +92,7 @@ def test_filter_prompts_reasons():
     kept, dropped = filter_prompts(
         outputs, [["k"]] * len(outputs), max_chars=120, seen=seen,
         valid=lambda ps: [is_valid_prompt(p) or p.startswith("what is") for p in ps],
-        contaminated=Contamination(["Convert these words to uppercase: tiger lemon"], n=13, threshold=0.5))
+        contaminated=Decontaminator(["Convert these words to uppercase: tiger lemon"]))
     assert [q for q, _ in kept] == ["Sort these numbers in ascending order: 3, 1, 2"]
     assert dropped == {"duplicate": 2, "unparseable": 2, "empty": 1, "too_long": 1, "invalid": 1,
                        "contaminated": 1}
@@ -99,7 +100,8 @@ def test_filter_prompts_reasons():
 
 def test_contamination_by_ngram_overlap():
     eval_prompt = "Write a detailed essay about the history of the printing press in early modern Europe please"
-    check = Contamination([eval_prompt], n=5, threshold=0.5)
+    decontaminator = Decontaminator([eval_prompt], ngram=5, ngram_threshold=0.5)
+    check = lambda prompt: decontaminator([prompt])[0] is not None
     assert check(eval_prompt)
     assert check("Write a detailed essay about the history of the printing press in early modern Asia")
     assert not check("Write a short poem about the sea and the wind over the quiet harbour tonight")

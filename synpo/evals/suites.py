@@ -7,17 +7,9 @@ from synpo.recipe import Recipe
 
 def eval_prompts(recipe: Recipe) -> list[str]:
     """Every prompt of the recipe's evaluation suites: synthetic prompts must not overlap them."""
-    prompts: list[str] = []
-    for suite in recipe.eval.suites:
-        if suite == "toy":
-            from synpo.evals.toy import load_benchmark
+    from synpo.decontamination import suites_prompts
 
-            prompts += [r["prompt"] for r in load_benchmark()]
-        else:
-            from synpo.evals.datasets import suite_prompts
-
-            prompts += suite_prompts(suite, recipe.eval.data_dir)
-    return prompts
+    return suites_prompts(recipe.eval.suites, recipe.eval.data_dir)
 
 
 def run_suite(suite: str, recipe: Recipe, engine, out_dir, work) -> dict:

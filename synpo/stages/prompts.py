@@ -8,7 +8,8 @@ with a single keyword gets a second noise keyword, so G always sees three); the 
 Each round: keyword triples come from corpus paragraphs (3 keywords of one paragraph); G
 samples a question for each; the text inside <question> is kept unless it is unparseable,
 empty, over-long, a task the scorer cannot judge, a duplicate (exact or normalised) of a
-seed prompt or an earlier round's prompt, or contaminated by an evaluation set.
+seed prompt or an earlier round's prompt, or contaminated by an evaluation set (a near-duplicate
+or a copied passage of an evaluation prompt: synpo.decontamination).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from synpo.data.keywords import corpus_keywords, seed_keywords
 from synpo.data.loaders import iter_corpus
+from synpo.decontamination import Decontaminator
 from synpo.engines import Request, Sampling, generate_sharded, make_engine
 from synpo.errors import UserError
 from synpo.io import read_jsonl, write_json, write_jsonl
@@ -76,35 +78,6 @@ def normalise(prompt: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", prompt.lower()).split())
 
 
-def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = normalise(text).split()
-    n = min(n, len(words))
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)} if words else set()
-
-
-class Contamination:
-    """n-gram overlap with evaluation prompts.
-
-    A prompt of n or more words is contaminated when more than `threshold` of its word
-    n-grams occur in an evaluation prompt; a shorter one when it equals an evaluation prompt
-    (after normalisation).
-    """
-
-    def __init__(self, eval_prompts: list[str], n: int, threshold: float):
-        self.n, self.threshold = n, threshold
-        self.whole = {normalise(p) for p in eval_prompts}
-        self.index = set().union(*(ngrams(p, n) for p in eval_prompts)) if eval_prompts else set()
-
-    def __call__(self, prompt: str) -> bool:
-        key = normalise(prompt)
-        if key in self.whole:
-            return True
-        if len(key.split()) < self.n:
-            return False
-        grams = ngrams(prompt, self.n)
-        return sum(g in self.index for g in grams) / len(grams) > self.threshold
-
-
 def filter_prompts(completions, triples, *, max_chars: int, seen: set[str], valid,
                    contaminated) -> tuple[list, Counter]:
     """Kept (prompt, keywords) pairs and a Counter of drop reasons. `seen` is updated."""
@@ -124,13 +97,14 @@ def filter_prompts(completions, triples, *, max_chars: int, seen: set[str], vali
         else:
             parsed.append((question, keywords))
     validity = valid([q for q, _ in parsed]) if parsed else []
-    for (question, keywords), ok in zip(parsed, validity):
+    contamination = contaminated([q for q, _ in parsed]) if parsed else []  # a reason or None per question
+    for (question, keywords), ok, reason in zip(parsed, validity, contamination):
         key = normalise(question)
         if not ok:
             dropped["invalid"] += 1
         elif question in seen or key in seen:
             dropped["duplicate"] += 1
-        elif contaminated(question):
+        elif reason is not None:
             dropped["contaminated"] += 1
         else:
             seen.update((question, key))
@@ -164,7 +138,8 @@ def generate_prompts(recipe: Recipe, generator_dir: Path, t: int, out: Path, ear
     for path in earlier:
         for row in read_jsonl(path):
             seen.update((row["prompt"], normalise(row["prompt"])))
-    contaminated = Contamination(eval_prompts, cfg.decontaminate_ngram, cfg.decontaminate_threshold)
+    contaminated = Decontaminator(eval_prompts, similarity=cfg.decontaminate_similarity,
+                                  ngram=cfg.decontaminate_ngram, ngram_threshold=cfg.decontaminate_threshold)
     valid = scorer.valid if cfg.validate_prompts else (lambda ps: [True] * len(ps))
     kept, dropped = filter_prompts(completions, triples, max_chars=cfg.max_prompt_chars, seen=seen,
                                    valid=valid, contaminated=contaminated)

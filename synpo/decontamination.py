@@ -1,0 +1,147 @@
+"""Decontamination: drop prompts that are near-copies of evaluation prompts.
+
+A prompt is contaminated by an evaluation set when, after normalisation (lower case, punctuation
+and whitespace removed, so "First-order" = "first order"), either
+- it is a near-duplicate of an evaluation prompt: rapidfuzz's `fuzz.ratio` (the normalised Indel
+  similarity of the two texts) is at least `similarity` (default 0.8). One word changed in a
+  ten-word prompt leaves it near 0.9; two unrelated prompts on the same topic stay below 0.7.
+  Only evaluation prompts that share at least half of the prompt's distinctive words (words
+  in at most 2 % of the evaluation prompts, or in at most 10) are compared, found by one sparse matrix product,
+  so 50k prompts against ~1,400 evaluation prompts take seconds; or
+- it copies a passage: at least `ngram` words long and more than `ngram_threshold` of its word
+  n-grams occur in evaluation prompts (a long evaluation prompt pasted inside a longer prompt).
+
+`Decontaminator(eval_prompts)(prompts)` gives one reason per prompt ("near_duplicate",
+"copied_passage" or None); the prompt stage of the loop and `synpo decontaminate` use it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from synpo.errors import UserError
+
+SIMILARITY = 0.8
+NGRAM, NGRAM_THRESHOLD = 13, 0.5
+# words in more than this share (and more than COMMON_MIN) of the evaluation prompts are not distinctive
+COMMON_SHARE, COMMON_MIN = 0.02, 10
+CHUNK = 10_000  # prompts per sparse product (bounds its memory)
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words; an apostrophe inside a word is dropped (don't = dont), other punctuation splits."""
+    return re.sub(r"[^\w\s]", " ", re.sub(r"(?<=\w)['’](?=\w)", "", text.lower())).split()
+
+
+def _ngrams(tokens: list[str], n: int) -> set[tuple[str, ...]]:
+    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
+
+
+class Decontaminator:
+    def __init__(self, eval_prompts: list[str], similarity: float = SIMILARITY, ngram: int = NGRAM,
+                 ngram_threshold: float = NGRAM_THRESHOLD):
+        from scipy import sparse
+
+        self.similarity, self.ngram, self.ngram_threshold = similarity, ngram, ngram_threshold
+        self._sparse = sparse
+        tokens = [words(p) for p in eval_prompts]
+        self.squashed = ["".join(t) for t in tokens]
+        self.exact = set(self.squashed)
+        frequency = Counter(w for t in tokens for w in set(t))
+        self.common = {w for w, c in frequency.items() if c > max(COMMON_SHARE * len(tokens), COMMON_MIN)}
+        self.vocabulary: dict[str, int] = {}
+        for t in tokens:
+            for w in dict.fromkeys(t):
+                if w not in self.common:
+                    self.vocabulary.setdefault(w, len(self.vocabulary))
+        self.index = self._matrix(tokens).T.tocsc()  # vocabulary x evaluation prompts
+        self.distinct = np.array([len(set(t) - self.common) for t in tokens])
+        self.passages = set().union(*(_ngrams(t, ngram) for t in tokens)) if tokens else set()
+
+    def _matrix(self, tokens: list[list[str]]):
+        """Prompts x distinctive words, 1 where the prompt has the word."""
+        rows, cols = [], []
+        for i, t in enumerate(tokens):
+            ids = {self.vocabulary[w] for w in t if w in self.vocabulary}
+            rows += [i] * len(ids)
+            cols += ids
+        return self._sparse.csr_matrix((np.ones(len(rows), dtype=np.int32), (rows, cols)),
+                                       shape=(len(tokens), len(self.vocabulary)))
+
+    def __call__(self, prompts: list[str]) -> list[str | None]:
+        """Per prompt: "near_duplicate", "copied_passage" or None (clean)."""
+        from rapidfuzz import fuzz
+
+        reasons: list[str | None] = [None] * len(prompts)
+        cutoff = 100 * self.similarity
+        for start in range(0, len(prompts), CHUNK):
+            tokens = [words(p) for p in prompts[start:start + CHUNK]]
+            squashed = ["".join(t) for t in tokens]
+            distinct = np.array([len(set(t) - self.common) for t in tokens])
+            shared = (self._matrix(tokens) @ self.index).tocoo()
+            # candidates: at least half of the larger prompt's distinctive words in common
+            close = shared.data >= np.ceil(0.5 * np.maximum(distinct[shared.row], self.distinct[shared.col]))
+            for i, j in zip(shared.row[close], shared.col[close]):
+                if reasons[start + i] is None and fuzz.ratio(squashed[i], self.squashed[j], score_cutoff=cutoff):
+                    reasons[start + i] = "near_duplicate"
+            for i, t in enumerate(tokens):
+                if reasons[start + i] is not None:
+                    continue
+                if squashed[i] in self.exact:  # prompts of common words only are never candidates above
+                    reasons[start + i] = "near_duplicate"
+                elif len(t) >= self.ngram:
+                    grams = _ngrams(t, self.ngram)
+                    if sum(g in self.passages for g in grams) / len(grams) > self.ngram_threshold:
+                        reasons[start + i] = "copied_passage"
+        return reasons
+
+
+def suites_prompts(suites: list[str], data_dir: str | None) -> list[str]:
+    """Every prompt of the named evaluation suites (alpaca_eval, arena_hard, mt_bench, toy)."""
+    from synpo.evals.datasets import LOADERS, suite_prompts
+
+    prompts: list[str] = []
+    for suite in suites:
+        if suite == "toy":
+            from synpo.evals.toy import load_benchmark
+
+            prompts += [r["prompt"] for r in load_benchmark()]
+        elif suite in LOADERS:
+            prompts += suite_prompts(suite, data_dir)
+        else:
+            raise UserError(f"--suites: unknown suite {suite!r} (alpaca_eval, arena_hard, mt_bench, toy)")
+    return prompts
+
+
+def decontaminate_file(path: str | Path, out: str | Path, suites: list[str], field: str = "prompt",
+                       data_dir: str | None = None, similarity: float = SIMILARITY) -> dict:
+    """Write the rows of a JSONL file whose `field` is not contaminated (every field kept, atomically)."""
+    from synpo.io import read_jsonl, write_jsonl
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file does not exist")
+    try:
+        rows = read_jsonl(path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    texts = []
+    for number, row in enumerate(rows, 1):
+        value = row.get(field) if isinstance(row, dict) else None
+        if isinstance(value, list):  # a conversation: its user turns
+            value = "\n".join(m.get("content", "") for m in value if isinstance(m, dict) and m.get("role") == "user")
+        if not isinstance(value, str):
+            raise UserError(f"{path}: record {number} has no text field {field!r} "
+                            "(name the prompt's field with --field)")
+        texts.append(value)
+    eval_prompts = suites_prompts(suites, data_dir)
+    reasons = Decontaminator(eval_prompts, similarity=similarity)(texts)
+    write_jsonl(out, (row for row, reason in zip(rows, reasons) if reason is None))
+    dropped = Counter(r for r in reasons if r is not None)
+    return {"rows": len(rows), "kept": len(rows) - sum(dropped.values()), "dropped": sum(dropped.values()),
+            "dropped_by_reason": dict(sorted(dropped.items())), "suites": suites,
+            "evaluation_prompts": len(eval_prompts)}
