@@ -172,7 +172,10 @@ def metric_tables(info: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     tables = []
     for suite, by_round in info["suites"].items():
         keys = _metric_keys(by_round)
-        extra = [k for k in ("ci", "lc_glm", "judge") if any(k in info["full"][suite].get(t, {}) for t in by_round)]
+        # lc_glm: which LC (builtin length_controlled_minimal vs the official backend's length_controlled_v1);
+        # preferences: weighted by the judge's logprobs or hard verdicts
+        extra = [k for k in ("ci", "lc_glm", "preferences", "judge")
+                 if any(k in info["full"][suite].get(t, {}) for t in by_round)]
         rows = [[str(t), *[_fmt(by_round[t].get(k)) for k in keys],
                  *[_fmt(info["full"][suite].get(t, {}).get(k)) for k in extra]] for t in sorted(by_round)]
         tables.append((suite, ["round", *keys, *extra], rows))

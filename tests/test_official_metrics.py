@@ -63,6 +63,7 @@ CASES = {  # name: (n, length effect, quality, tie share, soft)
     "length-biased soft": (805, 1.5, -0.5, 0.0, True),
     "ties": (300, 0.8, 0.2, 0.3, False),
     "small n": (20, 1.0, 0.5, 0.1, False),
+    "small n, strong length effect": (30, 3.0, 0.0, 0.0, False),
     "small n soft": (12, 0.7, 0.0, 0.0, True),
     "weak signal": (805, 0.05, 0.02, 0.05, False),
     "weak signal n=50": (50, 0.1, 0.0, 0.0, False),

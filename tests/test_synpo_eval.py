@@ -127,3 +127,25 @@ def test_mt_bench_answers_use_fastchat_temperatures_per_category(tmp_path):
     assert {r["category"] for r in rows} == set(expected)
     for r in rows:
         assert engine.temperatures[f"{r['id']}-t1"] == expected[r["category"]]
+
+
+def test_an_output_identical_to_the_reference_is_a_draw_without_a_request():
+    from synpo.evals.alpaca_eval import judge_outputs
+    from synpo.evals.judge import Reply
+
+    class Judge:
+        name = "fake"
+        asked = []
+
+        def ask(self, conversations, max_tokens, desc="", top_logprobs=0):
+            self.asked += [i for i, _ in conversations]
+            return [Reply(i, "M") for i, _ in conversations]  # no logprobs: hard verdicts
+
+    rows = [{"id": f"q{i}", "instruction": f"q{i}", "dataset": "d", "reference": f"ref {i}",
+             "reference_generator": "gpt4_1106_preview"} for i in range(3)]
+    judge = Judge()
+    annotations, tally = judge_outputs(judge, rows, ["ref 0", "other 1", "other 2"], "model", 0, 16)
+    assert judge.asked == ["q1", "q2"]
+    assert annotations[0]["preference"] == 1.5 and annotations[0]["preference_kind"] == "identical"
+    assert [a["preference_kind"] for a in annotations[1:]] == ["hard", "hard"]
+    assert tally.metrics()["judge_requests"] == 2 and tally.metrics()["judge_ok"] == 3

@@ -8,7 +8,8 @@ two outputs' order drawn per instruction from a fixed seed. The judge is asked f
 logprobs of its first token and the preference is weighted as alpaca_eval's default annotator
 (weighted_alpaca_eval_gpt4_turbo) weights it: 2 - P(m) / (P(m) + P(M)), in [1, 2]. A server
 that returns no logprobs gets the hard verdict of the reply's letter m / M instead, and the
-annotation records which (`preference_kind`: weighted / hard); the metrics count both. Metrics:
+annotation records which (`preference_kind`: weighted / hard); the metrics count both. An
+output identical to the reference is a draw (1.5) without a request, as in alpaca_eval. Metrics:
 WR with its standard error, and LC from the `length_controlled_minimal` GLM (no
 instruction-difficulty term: see synpo.evals.stats), headline `lc_win_rate_minimal`.
 Unparseable and failed judgments are counted and left out of WR and LC.
@@ -27,7 +28,7 @@ from pathlib import Path
 from synpo.engines.base import Request
 from synpo.evals import stats
 from synpo.evals.datasets import load_suite
-from synpo.evals.judge import Judge, Tally, generate_answers, suite_max_tokens
+from synpo.evals.judge import Judge, Reply, Tally, generate_answers, suite_max_tokens
 from synpo.evals.verdicts import parse_alpaca_eval, weighted_alpaca_eval
 from synpo.io import write_json, write_jsonl
 from synpo.progress import log
@@ -77,18 +78,26 @@ def judge_outputs(judge: Judge, rows: list[dict], outputs: list[str], generator:
     system = render("judge_alpaca_eval_system")
     conversations = []
     for r, out in zip(rows, outputs):
+        if out == r["reference"]:
+            continue  # alpaca_eval does not ask about identical outputs: a draw (1.5)
         first, second = (out, r["reference"]) if swapped(seed, r["id"]) else (r["reference"], out)
         conversations.append((r["id"], [{"role": "system", "content": system},
                                         {"role": "user", "content": render("judge_alpaca_eval",
                                                                            instruction=r["instruction"],
                                                                            output_1=first, output_2=second)}]))
     replies = judge.ask(conversations, max_tokens, desc="alpaca_eval: judge", top_logprobs=TOP_LOGPROBS)
+    by_id = {reply.id: reply for reply in replies}
     tally = Tally()
     annotations = []
-    for r, out, reply in zip(rows, outputs, replies):
+    for r, out in zip(rows, outputs):
         is_swapped = swapped(seed, r["id"])
-        shown, kind = judged_preference(reply)
-        status = tally.add(reply, shown)
+        if r["id"] in by_id:
+            reply = by_id[r["id"]]
+            shown, kind = judged_preference(reply)
+            status = tally.add(reply, shown)
+        else:
+            reply, shown, kind = Reply(r["id"], ""), 1.5, "identical"
+            status = tally.add(reply, shown, requests=0)
         # alpaca_eval's preference: 1 = output_1 (the reference) wins, 2 = output_2 (the model) wins;
         # shown in swapped order it is 3 - x, as alpaca_eval un-swaps (weighted values included)
         preference = None if shown is None else (3 - shown if is_swapped else shown)
@@ -123,12 +132,13 @@ def metrics_from(annotations: list[dict], tally: Tally, judge_name: str) -> dict
     if extreme:
         log(f"[yellow]alpaca_eval: LC {lc['length_controlled_winrate']:.1f} % is very different from WR "
             f"{wr['win_rate']:.1f} % over {len(judged)} judgments: the length GLM may have failed (few judgments?)")
-    kinds = [a["preference_kind"] for a in judged]
+    kinds = [a["preference_kind"] for a in judged if a["preference_kind"] != "identical"]
     metrics = {
         **wr, **lc, "lc_extreme_change": extreme,
         "preferences": ("weighted" if set(kinds) == {"weighted"} else "hard" if set(kinds) == {"hard"}
                         else "mixed" if kinds else None),
         "judge_weighted": kinds.count("weighted"), "judge_hard_fallback": kinds.count("hard"),
+        "identical_outputs": sum(a["preference_kind"] == "identical" for a in judged),
         "avg_length": sum(len(a["output_2"]) for a in annotations) / max(n, 1),
         "avg_reference_length": sum(len(a["output_1"]) for a in annotations) / max(n, 1),
         "n_instructions": n, "judge": judge_name, "backend": "builtin",
