@@ -1,14 +1,15 @@
 """Decontamination: how many lightly perturbed evaluation prompts are caught, how many clean
 prompts are dropped by mistake, and how long 50k candidates take.
 
-    python scripts/bench_decontamination.py [--data-dir DIR] [--seed-dir DIR] [--candidates 50000]
+    python scripts/bench_decontamination.py --seed-dir DIR [--data-dir DIR] [--candidates 50000]
 
-Evaluation prompts: AlpacaEval (805, from --data-dir or ../shared/data) and Arena-Hard v0.1
-(500). Each gets one perturbed copy with all three light changes: its case (lower, upper or
+Evaluation prompts: AlpacaEval (805, from the evaluation data directory, as eval.data_dir) and
+Arena-Hard v0.1 (500). Each gets one perturbed copy with all three light changes: its case (lower, upper or
 title case), its punctuation (all removed, or commas dropped and a "?" added) and one word
 replaced by a random word of the seed sets. Clean prompts: the seed sets (Self-Instruct's 175
-seed tasks and the 5,000-row Stanford Alpaca subset, instruction plus input) from --seed-dir
-(../shared/data/seed). The candidate set for the timing holds the perturbed copies, the clean
+seed tasks `self_instruct_seed_tasks.jsonl`, yizhongw/self-instruct data/seed_tasks.jsonl, and
+the 5,000-row Stanford Alpaca subset `alpaca_data_5000_subset_pr152.json`, tatsu-lab/stanford_alpaca
+PR #152, instruction plus input) from --seed-dir. The candidate set for the timing holds the perturbed copies, the clean
 prompts and perturbed copies of clean prompts, --candidates in all; the time is building the
 index over the evaluation prompts plus checking every candidate, on one thread.
 
@@ -30,7 +31,6 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "data"
 
 
 def seed_prompts(seed_dir: Path) -> list[str]:
@@ -61,8 +61,8 @@ def perturb(prompt: str, rng: random.Random, vocabulary: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", help="evaluation sets (default: ../shared/data, then synpo's copies)")
-    parser.add_argument("--seed-dir", default=str(SHARED / "seed"))
+    parser.add_argument("--data-dir", help="evaluation sets (as eval.data_dir)")
+    parser.add_argument("--seed-dir", required=True, help="directory of the two seed-set files")
     parser.add_argument("--candidates", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

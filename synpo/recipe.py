@@ -315,12 +315,14 @@ class EvalConfig(Section):
     judge_max_tokens: PositiveInt | None = None
     """Cap on the judge's reply tokens (default: each suite's official budget: 16 / 4096 / 2048)."""
     max_failed_judgments: Fraction = 0.0
-    """Fraction of a suite's judge requests allowed to fail after retries (counted in the metrics);
-    above it the suite stops with an error and a re-run retries them (finished ones are cached)."""
+    """Fraction of a suite's judgments allowed without a verdict, failed requests (after retries) and
+    unparseable replies together (counted in the metrics); above it the suite stops with an error
+    and a re-run retries the failed ones (finished ones are cached)."""
     bootstrap_rounds: PositiveInt = 100
     """arena_hard: bootstrap resamples for the 95 % confidence interval (arena-hard-auto: 100)."""
     alpaca_eval_backend: Literal["builtin", "official"] = "builtin"
-    """builtin: synpo's judge and LC fit; official: the alpaca_eval package (if installed) judges."""
+    """builtin: synpo's judge and LC (length_controlled_minimal, reported as lc_win_rate_minimal);
+    official: the alpaca_eval package (if installed) judges, LC length_controlled_v1 (lc_win_rate_v1)."""
     alpaca_eval_annotator: str = "weighted_alpaca_eval_gpt4_turbo"
     """official backend: alpaca_eval's annotators config (name or path); its judge model is set there."""
     data_dir: str | None = None

@@ -1,6 +1,6 @@
 """`synpo eval` on judged suites, AlpacaEval's weighted verdicts and MT-Bench's answer temperatures.
 
-The AlpacaEval set is generated here in alpaca_eval's format (no ../shared/data needed); the
+The AlpacaEval set is generated here in alpaca_eval's format (no data directory needed); the
 judge is the scripted loopback server of tests/judge_server.py.
 """
 
