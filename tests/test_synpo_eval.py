@@ -149,3 +149,17 @@ def test_an_output_identical_to_the_reference_is_a_draw_without_a_request():
     assert annotations[0]["preference"] == 1.5 and annotations[0]["preference_kind"] == "identical"
     assert [a["preference_kind"] for a in annotations[1:]] == ["hard", "hard"]
     assert tally.metrics()["judge_requests"] == 2 and tally.metrics()["judge_ok"] == 3
+
+
+def test_unparseable_verdicts_are_capped_like_failed_requests():
+    from synpo.errors import UserError
+    from synpo.evals.judge import Reply, Tally
+
+    tally = Tally()
+    for i in range(10):
+        text = None if i == 0 else "no verdict" if i < 3 else "m"
+        tally.add(Reply(str(i), text, None if text else "RetriesExhausted: timeout"), None if i < 3 else 1)
+    assert (tally.failed, tally.unparseable) == (1, 2)
+    tally.check(0.3, "alpaca_eval")  # 3 of 10 without a verdict: allowed
+    with pytest.raises(UserError, match=r"3 of 10 judgments have no verdict \(1 failed .*, 2 unparseable\)"):
+        tally.check(0.25, "alpaca_eval")

@@ -158,7 +158,9 @@ class OpenAIEngine:
         for i, request in enumerate(requests):
             finished = [self._finish(done[i, k], sampling.stop) for k in range(samples)]
             finished = finished * sampling.n if greedy else finished
-            out.append(Completion(request.id, *map(list, zip(*finished))))
+            texts, reasons, tokens, top_logprobs = map(list, zip(*finished))
+            out.append(Completion(request.id, texts, reasons, tokens,
+                                  top_logprobs if any(t is not None for t in top_logprobs) else None))
         return out
 
     def _body(self, messages: list[dict], sampling: Sampling, seed: int) -> dict:
