@@ -49,7 +49,7 @@ class Loop:
         self.theta0_fp = fingerprint(section(recipe, "model"))
         self.seed_rows = load_seed(recipe.data.seed)
         self.seed_fp = fingerprint(section(recipe, "data.seed"), [r["id"] for r in self.seed_rows])
-        self.scorer = make_scorer(recipe.scorer, device=recipe.runtime.device)
+        self.scorer = make_scorer(recipe.scorer, device=recipe.runtime.device, ray_address=recipe.engine.ray_address)
         self.scorer_fp = fingerprint(section(recipe, "scorer"))
         self.logs = run.dir / "logs"
         self.synpo = recipe.pairs.strategy == "synpo"
