@@ -107,6 +107,16 @@ def test_more_workers_than_gpus_is_a_clear_error(monkeypatch):
     assert parallel.gpu_groups(None, 2, "x") == [[]] and parallel.gpu_groups(3, 1, "x") == [[], [], []]
 
 
+def test_placement_is_no_part_of_a_stage_fingerprint():
+    from synpo.iterate import section
+
+    plain = load_recipe(ROOT / "recipes" / "tiny-cpu.yaml", ["eval.engine={kind: hf}"])
+    spread = load_recipe(ROOT / "recipes" / "tiny-cpu.yaml", [
+        "eval.engine={kind: hf, data_parallel_size: 4, ray_address: auto}", "scorer.data_parallel_size=2"])
+    assert section(plain, "scorer", "eval", "seed") == section(spread, "scorer", "eval", "seed")
+    assert "data_parallel_size" not in str(section(spread, "scorer", "eval"))
+
+
 def test_openai_engine_refuses_data_parallel_settings():
     with pytest.raises(ValueError, match="data_parallel_size"):
         EngineConfig(kind="openai", base_url="http://x/v1", data_parallel_size=2)
