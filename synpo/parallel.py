@@ -148,6 +148,11 @@ class LocalWorker:
         self._send({"method": method, "args": list(args)})
         return self._receive()
 
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
     def close(self) -> None:
         if self._proc.poll() is None:
             self._send({"method": "exit"})
@@ -260,6 +265,11 @@ class RayWorker:
         except ray.exceptions.RayTaskError as e:
             raise WorkerFailed(f"{self.label}: {str(e.cause) if e.cause else e}") from None
 
+    def kill(self) -> None:
+        import ray
+
+        ray.kill(self.actor)
+
     def close(self) -> None:
         import ray
 
@@ -322,7 +332,7 @@ class Pool:
             for w in self.workers:
                 w.ready()
         except WorkerFailed as e:
-            self.close()
+            self.close(kill=True)  # the others may still be loading: no need to wait for them
             if e.user_error:
                 raise UserError(str(e).split("UserError: ", 1)[-1]) from None
             raise
@@ -364,7 +374,7 @@ class Pool:
                 while t.is_alive():
                     t.join(timeout=0.5)
         except KeyboardInterrupt:
-            self.close()
+            self.close(kill=True)  # do not wait for the calls in flight
             raise
         return failures
 
@@ -372,9 +382,9 @@ class Pool:
         """One call on the first worker (a plain `generate` that is not a sharded stage)."""
         return self.workers[0].call(method, *args)
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
         for w in self.workers:
-            w.close()
+            w.kill() if kill else w.close()
         if self._release:
             self._release()
             self._release = None
