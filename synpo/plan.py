@@ -754,7 +754,11 @@ def render(recipe: Recipe, gpus: GPUs | None, console=None) -> list[Step]:
             worst.append(s)
         gib = f"{sum(parts.values()) / GiB:.1f}" if parts else note or "-"
         seconds = stage_seconds(s.load, gpus)
-        table.add_row(s.round, s.stage, s.model, s.runs_as, s.work, s.tokens, "-" if seconds is None else
+        runs_as = s.runs_as
+        if gpus is not None and s.load is not None:  # the default worker counts, on these GPUs
+            engines = engines_of(s.load.engine, gpus) if s.load.kind == "generate" else gpus.count
+            runs_as = runs_as.replace(" x GPUs/tp", f" x{engines}").replace(" x GPUs", f" x{engines}")
+        table.add_row(s.round, s.stage, s.model, runs_as, s.work, s.tokens, "-" if seconds is None else
                       f"{seconds / 3600:.2f}", gib, s.memory.breakdown(parts) if parts else "-", fits,
                       style="red" if fits.startswith("NO") else None)
     console.print(table)

@@ -242,4 +242,5 @@ def test_plan_hours_before_and_after_data_parallelism(capsys):
     assert sum(r["hours"] for r in after["rounds"]) == pytest.approx(after["total"])
     assert cli(["plan", str(ROOT / "recipes" / "llama3-8b-synpo.yaml"), "--gpus", "8xA100-80G"]) == 0
     out = capsys.readouterr().out
-    assert "estimated hours on 8 x A100-80G" in out and "total" in out and "vLLM tp=1 x GPUs/tp" in out
+    assert "estimated hours on 8 x A100-80G" in out and "total" in out
+    assert "vLLM tp=1 x8" in out and "reward model, batch 16 x8" in out  # the default: one per GPU
