@@ -107,6 +107,27 @@ def test_more_workers_than_gpus_is_a_clear_error(monkeypatch):
     assert parallel.gpu_groups(None, 2, "x") == [[]] and parallel.gpu_groups(3, 1, "x") == [[], [], []]
 
 
+class EnvProbe:
+    """Served by a worker: reads the worker's own environment."""
+
+    def get(self, name: str) -> str | None:
+        return os.environ.get(name)
+
+
+def test_each_worker_sees_only_its_own_gpu_group(monkeypatch):
+    import synpo.parallel as parallel
+
+    monkeypatch.setattr(parallel, "visible_gpus", lambda: ["0", "1", "2", "3"])
+    pool = parallel.Pool(parallel.Spec("test_parallel:EnvProbe"), count=None, gpus_per_worker=2, ray_address=None,
+                         field_name="engine.data_parallel_size")
+    try:
+        assert [w.call("get", "CUDA_VISIBLE_DEVICES") for w in pool.workers] == ["0,1", "2,3"]
+        threads = str(max(1, (os.cpu_count() or 1) // 2))  # the CPU cores shared out
+        assert [w.call("get", "OMP_NUM_THREADS") for w in pool.workers] == [threads, threads]
+    finally:
+        pool.close()
+
+
 def test_placement_is_no_part_of_a_stage_fingerprint():
     from synpo.iterate import section
 
