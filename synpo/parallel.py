@@ -359,12 +359,13 @@ class Pool:
                     return
                 try:
                     result = worker.call(method, *args_of(job))
-                except WorkerFailed as e:
                     with lock:
-                        failures.append((worker.label, job, e))
+                        done(job, result)
+                except Exception as e:  # noqa: BLE001  (reported with the others when every worker is done)
+                    with lock:
+                        failures.append((worker.label, job, e if isinstance(e, WorkerFailed) else WorkerFailed(
+                            f"{type(e).__name__}: {e}")))
                     return
-                with lock:
-                    done(job, result)
 
         threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in self.workers]
         for t in threads:

@@ -75,19 +75,6 @@ def test_responses_stage_on_two_hf_workers_writes_the_bytes_one_writes(tmp_path)
     assert filecmp.cmp(tmp_path / "out1.jsonl", tmp_path / "out2.jsonl", shallow=False)
 
 
-def test_two_workers_are_two_processes_and_a_plain_call_gives_one_engines_answer():
-    engine = make_engine(EngineConfig(kind="hf", batch_size=8, data_parallel_size=2), TINY_MODEL, dtype="float32")
-    try:
-        engine.generate(requests(2), SAMPLING)  # a plain call runs on one worker: the one-engine result
-        pids = {w.pid for w in engine.pool.workers}
-        assert len(pids) == 2 and os.getpid() not in pids
-        assert engine.generate(requests(8), SAMPLING) == make_engine(
-            EngineConfig(kind="hf", batch_size=8), TINY_MODEL, dtype="float32").generate(requests(8), SAMPLING)
-    finally:
-        engine.close()
-    assert engine.pool is None
-
-
 def test_a_worker_that_cannot_start_is_the_users_error():
     engine = make_engine(EngineConfig(kind="hf", data_parallel_size=2), "/nonexistent/model")
     with pytest.raises(UserError, match="nonexistent"):
@@ -201,17 +188,21 @@ def test_a_killed_worker_costs_only_its_unfinished_shard(tmp_path):
     # the survivor took every shard left: only the one the killed worker was on is missing
     assert len(finished) == 7, error.value
 
+    one = make_engine(EngineConfig(kind="hf", batch_size=8), TINY_MODEL, dtype="float32")
     resumed_engine = make_engine(EngineConfig(kind="hf", batch_size=8, data_parallel_size=2), TINY_MODEL,
                                  dtype="float32")
     try:
         resumed = generate_sharded(resumed_engine, requests(64), SAMPLING, shards, shard_size=8)
+        pids = {w.pid for w in resumed_engine.pool.workers}
+        assert len(pids) == 2 and os.getpid() not in pids  # two processes of their own
+        # a plain call (not a sharded stage) runs whole on one worker: one engine's answer
+        assert resumed_engine.generate(requests(8), SAMPLING) == one.generate(requests(8), SAMPLING)
     finally:
         resumed_engine.close()
     after = {p.name: p.stat().st_mtime_ns for p in shards.glob("shard-*.jsonl")}
     assert len(after) == 8
     assert {n: after[n] for n in finished} == finished  # finished shards were read, not rewritten
 
-    one = make_engine(EngineConfig(kind="hf", batch_size=8), TINY_MODEL, dtype="float32")
     assert resumed == generate_sharded(one, requests(64), SAMPLING, tmp_path / "whole", shard_size=8)
     assert same_files(shards, tmp_path / "whole")
 
