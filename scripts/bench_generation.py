@@ -1,6 +1,7 @@
 """Generation throughput of synpo's engines on the tiny model, measured in one run.
 
     python scripts/bench_generation.py [--prompts 256] [--passes 3] [--max-new-tokens 48] [--vllm-python PY]
+    python scripts/bench_generation.py --data-parallel-only [--passes 5]   # the second table only
 
 Rows: (a) a naive loop calling `model.generate` on one prompt at a time, (b) the hf engine as
 recipes/tiny-cpu.yaml configures it, (c) the vllm engine (child process in the vLLM venv:
@@ -12,6 +13,12 @@ rates; each engine then generates `--passes` sets of that many prompts (a fresh 
 pass, the same sets for every engine) and its median pass is reported: a pass of the hf
 engine takes well under a second, so a single one is at the mercy of whatever else the
 machine is doing. Generated tokens include the end-of-turn token.
+
+A second table compares data parallelism on the CPU: the hf engine through the sharded stage
+path (`generate_sharded`, shards of --shard-size prompts, batch = shard size) as 1 worker x 1
+torch thread, 1 worker x 2 threads, and 2 workers x 1 thread (`engine.data_parallel_size: 2`,
+two processes). The three run in turn on each pass's prompt set, so a change in the machine's
+load falls on all three alike; the load average is printed beside the table.
 """
 
 from __future__ import annotations
@@ -81,6 +88,56 @@ def timed_engine(make, request_sets, sampling) -> tuple[float, list[tuple[float,
     return loaded - start, passes
 
 
+def data_parallel_table(model: str, request_sets, sampling, shard_size: int) -> list[tuple]:
+    """(name, start-up s, median pass s, completions/s, tokens/s) of 1x1, 1x2 and 2x1, passes interleaved."""
+    import tempfile
+
+    import torch
+
+    from synpo.engines import make_engine
+    from synpo.engines.base import generate_sharded
+    from synpo.engines.hf import HFEngine
+    from synpo.recipe import EngineConfig
+
+    configs = [("1 worker x 1 thread", 1, 1), ("1 worker x 2 threads", 1, 2), ("2 workers x 1 thread", 2, 1)]
+    engines, startup = {}, {}
+
+    def sharded(engine, requests, threads):
+        torch.set_num_threads(threads)
+        try:
+            with tempfile.TemporaryDirectory() as shards:
+                return generate_sharded(engine, requests, sampling, shards, shard_size=shard_size)
+        finally:
+            torch.set_num_threads(1)
+
+    for name, workers, threads in configs:
+        print(f"starting {name} ...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        if workers == 1:
+            engines[name] = HFEngine(model, dtype="float32", batch_size=shard_size)
+        else:
+            engines[name] = make_engine(EngineConfig(kind="hf", batch_size=shard_size, data_parallel_size=workers),
+                                        model, dtype="float32")
+        sharded(engines[name], request_sets[0][: 2 * 8], threads)  # warm-up; starts the workers
+        startup[name] = time.perf_counter() - started
+    passes = {name: [] for name, _, _ in configs}
+    try:
+        for k, requests in enumerate(request_sets):
+            print(f"data-parallel pass {k + 1}/{len(request_sets)} ...", file=sys.stderr, flush=True)
+            for name, _, threads in configs:
+                started = time.perf_counter()
+                out = sharded(engines[name], requests, threads)
+                passes[name].append((time.perf_counter() - started, sum(c.num_tokens[0] for c in out)))
+    finally:
+        for engine in engines.values():
+            engine.close()
+    rows = []
+    for name, _, _ in configs:
+        seconds, tokens = sorted(passes[name])[len(passes[name]) // 2]
+        rows.append((name, startup[name], seconds, len(request_sets[0]) / seconds, tokens / seconds))
+    return rows
+
+
 def vllm_python(arg: str | None) -> str | None:
     for candidate in (arg, os.environ.get("SYNPO_VLLM_PYTHON"), str(ROOT / ".venv-vllm" / "bin" / "python")):
         if candidate and Path(candidate).exists():
@@ -95,6 +152,8 @@ def main() -> int:
     parser.add_argument("--vllm-python", default=None)
     parser.add_argument("--concurrency", type=int, default=8, help="openai engine: requests in flight")
     parser.add_argument("--passes", type=int, default=3, help="timed passes per engine; the median is reported")
+    parser.add_argument("--shard-size", type=int, default=64, help="data-parallel table: prompts per shard")
+    parser.add_argument("--data-parallel-only", action="store_true", help="print the data-parallel table only")
     args = parser.parse_args()
 
     import torch
@@ -115,6 +174,8 @@ def main() -> int:
     request_sets = [[Request(f"b{k}-{i}", [{"role": "user", "content": t}]) for i, t in enumerate(texts)]
                     for k, texts in enumerate(sets)]
     sampling = Sampling(temperature=0.0, max_new_tokens=args.max_new_tokens)
+    if args.data_parallel_only:
+        return print_data_parallel(str(TINY_MODEL), request_sets, sampling, args)
     rows = []
 
     def measure(name: str, run) -> None:
@@ -152,6 +213,21 @@ def main() -> int:
     print("|---|---:|---:|---:|---:|---:|")
     for name, startup, seconds, cps, tps in rows:
         print(f"| {name} | {cps:.1f} | {tps:.0f} | {cps / base:.1f}x | {startup:.1f} | {seconds:.1f} |")
+    return print_data_parallel(model, request_sets, sampling, args)
+
+
+def print_data_parallel(model: str, request_sets, sampling, args) -> int:
+    load_before = os.getloadavg()
+    rows = data_parallel_table(model, request_sets, sampling, args.shard_size)
+    load_after = os.getloadavg()
+    base = rows[0][3]
+    print(f"\nData parallelism on the CPU ({os.cpu_count()} cores): hf engine, {args.prompts} prompts in shards of "
+          f"{args.shard_size}, greedy, max {args.max_new_tokens} new tokens; median of {args.passes} interleaved "
+          f"passes; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after\n")
+    print("| hf engine | completions/s | generated tokens/s | vs 1 worker x 1 thread | start-up s | generate s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, startup, seconds, cps, tps in rows:
+        print(f"| {name} | {cps:.1f} | {tps:.0f} | {cps / base:.2f}x | {startup:.1f} | {seconds:.2f} |")
     return 0
 
 

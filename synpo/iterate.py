@@ -25,6 +25,16 @@ from synpo.errors import UserError
 from synpo.recipe import Recipe, dump_recipe, load_recipe, resolve_path
 from synpo.run import Run, fingerprint
 
+# Where work runs (how many workers, which Ray cluster) does not change what it writes
+# (docs/gpus.md), so it is no part of a fingerprint: a run resumes on another number of GPUs.
+PLACEMENT = {"data_parallel_size", "ray_address"}
+
+
+def _without_placement(value):
+    if isinstance(value, dict):
+        return {k: _without_placement(v) for k, v in value.items() if k not in PLACEMENT}
+    return value
+
 
 def section(recipe: Recipe, *paths: str) -> dict:
     """The recipe sections a stage reads, for its fingerprint."""
@@ -33,7 +43,7 @@ def section(recipe: Recipe, *paths: str) -> dict:
         node = recipe
         for part in path.split("."):
             node = getattr(node, part)
-        out[path] = node.model_dump(mode="json") if hasattr(node, "model_dump") else node
+        out[path] = _without_placement(node.model_dump(mode="json")) if hasattr(node, "model_dump") else node
     return out
 
 
@@ -49,7 +59,7 @@ class Loop:
         self.theta0_fp = fingerprint(section(recipe, "model"))
         self.seed_rows = load_seed(recipe.data.seed)
         self.seed_fp = fingerprint(section(recipe, "data.seed"), [r["id"] for r in self.seed_rows])
-        self.scorer = make_scorer(recipe.scorer, device=recipe.runtime.device)
+        self.scorer = make_scorer(recipe.scorer, device=recipe.runtime.device, ray_address=recipe.engine.ray_address)
         self.scorer_fp = fingerprint(section(recipe, "scorer"))
         self.logs = run.dir / "logs"
         self.synpo = recipe.pairs.strategy == "synpo"

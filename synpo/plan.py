@@ -55,6 +55,28 @@ an LLM judge is remote (0).
 
 These are estimates of the dominant terms, meant to tell 'fits' from 'does not fit' by a
 margin; allocator fragmentation and framework buffers add a few GiB in practice.
+
+Hours (with --gpus of a known kind; specs in GPU_SPECS: peak dense bf16 FLOP/s F and memory
+bandwidth B of one GPU). A roofline at stated efficiencies: decode reaches BW_UTIL of B, prefill
+and scoring PREFILL_MFU of F, training TRAIN_MFU of F. Lengths are the recipe's limits (every
+answer runs to max_new_tokens, every training row to max_length): the hours are upper bounds,
+and an answer that stops early costs proportionally less.
+  generation, per engine of tp GPUs (engines = engine.data_parallel_size, default GPUs // tp;
+  the generations G·n are split evenly over them):
+    batch b    = min(256, G·n per engine, KV room / (KV bytes of one prompt + new-token sequence)),
+                 KV room = tp·(gpu_memory_utilization·memory - 2 GiB) - weights; hf engine: batch_size
+    decode     = (G·n / b) · new steps, each max(bytes / (tp·B·BW_UTIL), 2·P·b / (tp·F·PREFILL_MFU)),
+                 bytes = P·w (weights, + adapter) + b · (prompt + new/2) · KV bytes per token
+    prefill    = 2·P·prompt·G / (tp·F·PREFILL_MFU)   (n samples of a prompt share its prefix)
+  scoring (copies = scorer.data_parallel_size, default one per GPU):
+    2·P·sequences·length / (copies·F·PREFILL_MFU), length = min(max_length, prompt + answer)
+  training (N processes of the train section's layout):
+    k·P·tokens / (N·F·TRAIN_MFU), tokens = rows·epochs·max_length (×2 for a preference pair);
+    k = 6 (forward 2, backward 4) for full fine-tuning, 4 with an adapter (no weight gradients of
+    the base), +2 with gradient checkpointing (a second forward), +2 for DPO's reference forward
+    when the reference is a separate model (full fine-tuning)
+  Attention's own FLOPs and communication (ZeRO-3 gathers, tensor-parallel all-reduces) are left
+  out; an LLM judge or API engine is remote and has no hours here.
 """
 
 from __future__ import annotations
@@ -76,6 +98,20 @@ ENCODERS = {"bert", "roberta", "deberta", "deberta-v2", "xlm-roberta", "electra"
 NON_GATED = ENCODERS | {"gpt2", "gpt_neox", "opt", "falcon", "gptj", "bloom", "phi"}
 EVAL_SIZES = {"alpaca_eval": 805, "arena_hard": 500, "mt_bench": 160}  # mt_bench: 80 questions x 2 turns
 LORA_NAMES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+# Peak dense bf16 tensor FLOP/s and memory bandwidth (bytes/s) of one GPU, from NVIDIA's data
+# sheets (SXM parts; sparsity excluded).
+GPU_SPECS = {
+    "A100-40G": (312e12, 1.555e12),
+    "A100-80G": (312e12, 2.039e12),
+    "H100-80G": (989e12, 3.35e12),
+    "H200-141G": (989e12, 4.8e12),
+    "L40S-48G": (362e12, 0.864e12),
+}
+GPU_MEMORY = {"H100": 80, "H200": 141, "L40S": 48}  # `--gpus 8xH100` means these
+BW_UTIL = 0.8  # share of peak memory bandwidth a decode step achieves
+PREFILL_MFU = 0.5  # share of peak FLOP/s of prefill and scoring forward passes
+TRAIN_MFU = 0.4  # share of peak FLOP/s of training steps
 
 
 # ---- architecture from config.json -----------------------------------------------------
@@ -236,10 +272,19 @@ class GPUs:
     def label(self) -> str:
         return f"{self.count} x {self.name}"
 
+    @property
+    def speed(self) -> tuple[float, float] | None:
+        """(peak bf16 FLOP/s, memory bytes/s) of one GPU, when synpo knows this kind."""
+        return GPU_SPECS.get(self.name.upper())
+
 
 def parse_gpus(spec: str) -> GPUs:
     """`8xA100-80G`, `4xH100-80GB`, `A10-24G` (one GPU): count x name with its memory in GiB."""
-    m = re.fullmatch(r"(?:(\d+)\s*[xX*]\s*)?([A-Za-z0-9_.]+)-(\d+(?:\.\d+)?)\s*(?:G|GB|GiB)", spec.strip())
+    spec = spec.strip()
+    bare = re.fullmatch(r"((?:\d+\s*[xX*]\s*)?)([A-Za-z0-9_.]+)", spec)
+    if bare and bare.group(2).upper() in GPU_MEMORY:  # a GPU sold in one memory size
+        spec = f"{bare.group(1)}{bare.group(2).upper()}-{GPU_MEMORY[bare.group(2).upper()]}G"
+    m = re.fullmatch(r"(?:(\d+)\s*[xX*]\s*)?([A-Za-z0-9_.]+)-(\d+(?:\.\d+)?)\s*(?:G|GB|GiB)", spec)
     if not m or int(m.group(1) or 1) < 1:
         raise UserError(f"--gpus {spec}: expected COUNTxNAME-MEMORY, e.g. 8xA100-80G or 1xL40S-48G")
     return GPUs(int(m.group(1) or 1), f"{m.group(2)}-{m.group(3)}G", int(float(m.group(3)) * GiB))
@@ -428,6 +473,76 @@ def scoring_memory(arch: Arch | None, kind: str, batch: int, max_length: int) ->
     return Memory({"weights": arch.params * weight_bytes, "acts": per_layer, "other": 1 * GiB})
 
 
+# ---- time estimates ----------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """The work of a stage in the units the time model takes (see the module docstring)."""
+
+    kind: str  # generate | score | train
+    arch: Arch
+    sequences: int  # generations x n; pairs x sides scored; training rows x epochs (x2 for pairs)
+    prompt_tokens: int = 0
+    new_tokens: int = 0  # generate: per sequence; score / train: the sequence length
+    prompts: int = 0  # generate: distinct prompts (prefilled once)
+    engine: object = None  # generate: the stage's EngineConfig
+    adapter_bytes: float = 0.0
+    flops_per_token: float = 0.0  # train: k·P
+    processes: int = 1  # train: N
+    copies: int | None = None  # score: scorer.data_parallel_size
+
+
+def engines_of(engine, gpus: GPUs) -> int:
+    """How many engines a generation stage runs: engine.data_parallel_size, or every GPU // tp."""
+    tp = engine.tensor_parallel_size if engine.kind == "vllm" else 1
+    return engine.data_parallel_size or max(1, gpus.count // tp)
+
+
+def generation_seconds(load: Load, gpus: GPUs) -> float | None:
+    """Decode (memory- or compute-bound, whichever is slower) plus prefill, on the stage's engines."""
+    flops, bandwidth = gpus.speed
+    engine, arch = load.engine, load.arch
+    tp = engine.tensor_parallel_size if engine.kind == "vllm" else 1
+    engines = engines_of(engine, gpus)
+    weights = arch.params * arch.weight_bytes + load.adapter_bytes
+    kv = arch.kv_bytes_per_token()
+    per_engine = -(-load.sequences // engines)
+    full = min(load.prompt_tokens + load.new_tokens, engine.max_model_len or arch.max_positions)
+    if engine.kind == "vllm":
+        room = tp * (engine.gpu_memory_utilization * gpus.memory - OVERHEAD) - weights
+        batch = min(VLLM_MAX_SEQS, per_engine, int(room // (full * kv)))
+    else:
+        batch = min(engine.batch_size, per_engine)
+    if batch < 1:
+        return None  # not one sequence fits
+    step_bytes = weights + batch * (load.prompt_tokens + load.new_tokens / 2) * kv
+    step = max(step_bytes / (tp * bandwidth * BW_UTIL), 2 * arch.params * batch / (tp * flops * PREFILL_MFU))
+    decode = per_engine / batch * load.new_tokens * step
+    prefill = 2 * arch.params * load.prompt_tokens * -(-load.prompts // engines) / (tp * flops * PREFILL_MFU)
+    return decode + prefill
+
+
+def stage_seconds(load: Load | None, gpus: GPUs | None) -> float | None:
+    """Estimated seconds of a stage on these GPUs; None when unknown (no spec, remote, unknown size)."""
+    if load is None or gpus is None or gpus.speed is None or not load.sequences:
+        return None
+    flops, _ = gpus.speed
+    if load.kind == "generate":
+        return generation_seconds(load, gpus)
+    if load.kind == "score":
+        copies = load.copies or gpus.count
+        return 2 * load.arch.params * load.sequences * load.new_tokens / (copies * flops * PREFILL_MFU)
+    return load.flops_per_token * load.sequences * load.new_tokens / (load.processes * flops * TRAIN_MFU)
+
+
+def training_flops_per_token(arch: Arch, cfg: TrainConfig, dpo_reference: bool) -> float:
+    k = 6 if cfg.adapter == "full" else 4
+    k += 2 if cfg.gradient_checkpointing else 0
+    k += 2 if dpo_reference else 0
+    return k * arch.params
+
+
 # ---- the plan: stages of every round ---------------------------------------------------
 
 
@@ -440,6 +555,7 @@ class Step:
     work: str
     tokens: str
     memory: Memory
+    load: Load | None = None
 
 
 def scorer_architecture(recipe: Recipe) -> Arch | None:
@@ -497,7 +613,9 @@ def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
 
     def engine_label(stage: str) -> str:
         e = r.engine_for(stage)
-        return {"vllm": f"vLLM tp={e.tensor_parallel_size}", "hf": f"hf batch {e.batch_size}",
+        workers = f" x{e.data_parallel_size}" if (e.data_parallel_size or 1) > 1 else \
+            (" x GPUs/tp" if e.data_parallel_size is None and e.kind != "openai" else "")
+        return {"vllm": f"vLLM tp={e.tensor_parallel_size}{workers}", "hf": f"hf batch {e.batch_size}{workers}",
                 "openai": "OpenAI-compatible API"}[e.kind]
 
     def gen(t, stage, model, engine_stage, count, prompt_tokens, sampling, n=1, lora=None):
@@ -506,7 +624,10 @@ def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
         tokens = _fmt(None if count is None else count * n * sampling.max_new_tokens, "≤")
         memory = (Memory({}, note="remote API") if engine.kind == "openai"
                   else generation_memory(theta0, engine, count or 1, prompt_tokens, sampling.max_new_tokens, n, lora))
-        steps.append(Step(t, stage, model, engine_label(engine_stage), work, tokens + " new", memory))
+        load = None if engine.kind == "openai" or count is None else Load(
+            "generate", theta0, count * n, prompt_tokens, sampling.max_new_tokens, prompts=count, engine=engine,
+            adapter_bytes=lora_params(theta0, lora, "all-linear") * theta0.weight_bytes if lora else 0.0)
+        steps.append(Step(t, stage, model, engine_label(engine_stage), work, tokens + " new", memory, load))
 
     def train(t, stage, model, cfg: TrainConfig, rows, preference=False):
         layout = training_layout(cfg)
@@ -518,17 +639,29 @@ def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
         rows_label = f"≤{_fmt(rows)} pairs" if preference else f"≤{_fmt(rows)} rows"
         tokens = (_fmt(rows * epochs * cfg.max_length * (2 if preference else 1), "≤")
                   if rows is not None and epochs else f"{cfg.max_steps} steps")
+        sides = 2 if preference else 1
+        sequences = (rows * epochs * sides if rows is not None and epochs else
+                     cfg.max_steps * cfg.batch_size * cfg.gradient_accumulation_steps * layout.processes * sides
+                     if cfg.max_steps else 0)
+        dpo_reference = preference and r.train.loss == "dpo" and cfg.adapter == "full"
+        load = Load("train", theta0, int(sequences), new_tokens=cfg.max_length, processes=layout.processes,
+                    flops_per_token=training_flops_per_token(theta0, cfg, dpo_reference))
         steps.append(Step(t, stage, model, f"{what}{name}, {layout.label}", f"{rows_label} x{epochs or '-'} ep",
-                          tokens, memory))
+                          tokens, memory, load))
 
-    def score(t, stage, count):
+    def score(t, stage, count, length=None, sides=2):
         kind = r.scorer.kind
         memory = scoring_memory(scorer_arch, kind, r.scorer.batch_size, r.scorer.max_length)
-        label = {"toy": "toy checker (CPU)", "reward_model": f"reward model, batch {r.scorer.batch_size}",
-                 "pairwise": "PairRM compare", "judge": "LLM judge (API)"}[kind]
+        copies = r.scorer.data_parallel_size
+        workers = f" x{copies}" if (copies or 1) > 1 else " x GPUs" if copies is None else ""
+        label = {"toy": "toy checker (CPU)", "reward_model": f"reward model, batch {r.scorer.batch_size}{workers}",
+                 "pairwise": f"PairRM compare{workers}", "judge": "LLM judge (API)"}[kind]
         model = Path(r.scorer.path).name if r.scorer.path else (r.scorer.judge.model if r.scorer.judge else "toy")
+        length = min(r.scorer.max_length, length or r.scorer.max_length)
+        load = None if scorer_arch is None or count is None else Load("score", scorer_arch, sides * count,
+                                                                        new_tokens=length, copies=copies)
         steps.append(Step(t, stage, model, label, f"{_fmt(count)} pairs" if count is not None else "? pairs",
-                          _fmt(None if count is None else 2 * count * r.scorer.max_length, "≤"), memory))
+                          _fmt(None if count is None else 2 * count * r.scorer.max_length, "≤"), memory, load))
 
     def evaluate(t, model):
         for suite in r.eval.suites:
@@ -552,7 +685,7 @@ def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
         gen(T, "prompts", "G", "prompt_generator", pg.num_prompts, question_tokens, pg.sampling)
         if synpo:
             gen(T, "π_{t-1} on seed", prev, "improver", seed_rows, seed_prompt_tokens, imp.seed_sampling)
-            score(T, "improver data: score", seed_rows)
+            score(T, "improver data: score", seed_rows, seed_prompt_tokens + imp.seed_sampling.max_new_tokens)
             train(T, "improver R_t", f"θ0 → R{t}", imp.train, seed_rows)
             count = pg.num_prompts * (1 if t == 1 else 2)
             gen(T, "responses (π_0" + (")" if t == 1 else ", π_{t-1})"), "θ0" if t == 1 else f"θ0, {prev}",
@@ -560,11 +693,12 @@ def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
             lora = imp.train.lora.r if imp.train.adapter == "lora" else None
             gen(T, "refine", f"R{t}", "improver", pg.num_prompts, pg.sampling.max_new_tokens + improver_tokens,
                 imp.sampling, lora=lora)
-            score(T, "pairs: score", pg.num_prompts)
+            score(T, "pairs: score", pg.num_prompts, pg.sampling.max_new_tokens + imp.sampling.max_new_tokens)
         else:
             gen(T, f"responses (π_{{t-1}} x{r.pairs.k})", prev, "responses", pg.num_prompts,
                 pg.sampling.max_new_tokens, resp.sampling, n=r.pairs.k)
-            score(T, "pairs: rank", pg.num_prompts * r.pairs.k)
+            score(T, "pairs: rank", pg.num_prompts * r.pairs.k,
+                  pg.sampling.max_new_tokens + resp.sampling.max_new_tokens, sides=1)  # each sample scored once
         start = "θ0" if r.train.start == "initial" else prev
         train(T, "policy θ_t", f"{start} → θ{t}", r.train, t * r.pairs.per_round, preference=True)
         evaluate(T, f"θ{t}")
@@ -573,6 +707,24 @@ def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
 
 
 # ---- output ----------------------------------------------------------------------------
+
+
+def hours_summary(steps: list[Step], gpus: GPUs) -> dict:
+    """Hours per round (setup: round 0 and the prompt generator, counted as rounds "0" and "once"),
+    the total, and the stage (summed over rounds) that takes the most."""
+    rounds: dict[str, list[tuple[str, float]]] = {}
+    by_stage: dict[str, float] = {}
+    for s in steps:
+        seconds = stage_seconds(s.load, gpus) or 0.0
+        rounds.setdefault(s.round, []).append((s.stage, seconds))
+        by_stage[s.stage] = by_stage.get(s.stage, 0.0) + seconds
+    rows = []
+    for name, stages in rounds.items():
+        top, top_seconds = max(stages, key=lambda x: x[1])
+        rows.append({"round": name, "hours": sum(x for _, x in stages) / 3600, "top": top,
+                     "top_hours": top_seconds / 3600})
+    top = max(by_stage, key=by_stage.get)
+    return {"rounds": rows, "total": sum(by_stage.values()) / 3600, "top": top, "top_hours": by_stage[top] / 3600}
 
 
 def render(recipe: Recipe, gpus: GPUs | None, console=None) -> list[Step]:
@@ -592,8 +744,8 @@ def render(recipe: Recipe, gpus: GPUs | None, console=None) -> list[Step]:
                   "generation counts are upper bounds (filters drop some prompts)")
     table = Table(title="stages, work and peak memory per GPU (GiB)", show_lines=False)
     for col, kw in [("round", {"justify": "right"}), ("stage", {}), ("model", {}), ("runs as", {}), ("work", {}),
-                    ("tokens", {"justify": "right"}), ("GiB/GPU", {"justify": "right"}),
-                    ("breakdown (GiB)", {"no_wrap": True}), ("fits", {})]:
+                    ("tokens", {"justify": "right"}), ("hours", {"justify": "right"}),
+                    ("GiB/GPU", {"justify": "right"}), ("breakdown (GiB)", {"no_wrap": True}), ("fits", {})]:
         table.add_column(col, **kw)
     worst = []
     for s in steps:
@@ -601,13 +753,35 @@ def render(recipe: Recipe, gpus: GPUs | None, console=None) -> list[Step]:
         if fits.startswith("NO"):
             worst.append(s)
         gib = f"{sum(parts.values()) / GiB:.1f}" if parts else note or "-"
-        table.add_row(s.round, s.stage, s.model, s.runs_as, s.work, s.tokens, gib, s.memory.breakdown(parts) if parts
-                      else "-", fits, style="red" if fits.startswith("NO") else None)
+        seconds = stage_seconds(s.load, gpus)
+        runs_as = s.runs_as
+        if gpus is not None and s.load is not None:  # the default worker counts, on these GPUs
+            engines = engines_of(s.load.engine, gpus) if s.load.kind == "generate" else gpus.count
+            runs_as = runs_as.replace(" x GPUs/tp", f" x{engines}").replace(" x GPUs", f" x{engines}")
+        table.add_row(s.round, s.stage, s.model, runs_as, s.work, s.tokens, "-" if seconds is None else
+                      f"{seconds / 3600:.2f}", gib, s.memory.breakdown(parts) if parts else "-", fits,
+                      style="red" if fits.startswith("NO") else None)
     console.print(table)
     if gpus is not None:
         console.print("[green]every stage fits[/green]" if not worst else
                       f"[red]{len(worst)} stage(s) do not fit[/red]: use LoRA/QLoRA, ZeRO-3 over more GPUs, "
                       "gradient checkpointing, a smaller batch, or tensor parallelism")
+    if gpus is not None and gpus.speed is None:
+        console.print(f"[yellow]no hours[/yellow]: synpo knows the speed of {', '.join(GPU_SPECS)} (synpo/plan.py "
+                      f"GPU_SPECS), not {gpus.name}")
+    elif gpus is not None:
+        summary = hours_summary(steps, gpus)
+        hours = Table(title=f"estimated hours on {gpus.label} (upper bounds: every answer at max_new_tokens)")
+        for col in ("round", "hours", "dominated by"):
+            hours.add_column(col, justify="left" if col == "dominated by" else "right")
+        for row in summary["rounds"]:
+            hours.add_row(row["round"], f"{row['hours']:.1f}", f"{row['top']} ({row['top_hours']:.1f} h)")
+        hours.add_row("total", f"{summary['total']:.1f}", f"{summary['top']} ({summary['top_hours']:.1f} h over "
+                      "all rounds)", end_section=True)
+        console.print(hours)
+        console.print(f"[dim]assumes decode at {BW_UTIL:.0%} of memory bandwidth, prefill and scoring at "
+                      f"{PREFILL_MFU:.0%} and training at {TRAIN_MFU:.0%} of peak bf16 FLOP/s; API stages "
+                      "(judges, openai engines) not counted[/dim]")
     console.print("[dim]formulas: synpo/plan.py docstring; estimates of the dominant terms[/dim]")
     return steps
 
@@ -624,7 +798,7 @@ def main(recipe_path: str, overrides: list[str], gpus_spec: str | None) -> int:
 
     gpus = parse_gpus(gpus_spec) if gpus_spec else None
     recipe = load_recipe(recipe_path, overrides, check_files=False)
-    console = Console(width=None if sys.stdout.isatty() else 230)
+    console = Console(width=None if sys.stdout.isatty() else 250)
     for problem in _check_files(recipe, recipe_path):
         console.print(f"[yellow]warning[/yellow] (checked again when the run starts): {problem}")
     if recipe.scorer.kind == "reward_model":

@@ -100,6 +100,12 @@ class EngineConfig(Section):
     """vllm: fraction of GPU memory vLLM may take (weights + KV cache)."""
     max_model_len: PositiveInt | None = None
     """vllm: context length (default: the model's)."""
+    data_parallel_size: PositiveInt | None = None
+    """hf / vllm: engines run side by side, each on its own tensor_parallel_size GPUs and taking shards
+    from the stage's shard list (default: visible GPUs // tensor_parallel_size; 1 on a CPU). See docs/gpus.md."""
+    ray_address: str | None = None
+    """hf / vllm: run the data-parallel workers as Ray actors on this cluster (`auto`, `ray://HOST:10001`);
+    scoring uses the recipe's top-level engine.ray_address too. See docs/gpus.md."""
     # openai
     base_url: str | None = None
     """openai: the server's OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."""
@@ -127,6 +133,9 @@ class EngineConfig(Section):
     def _openai_needs_url(self):
         if self.kind == "openai" and not self.base_url:
             raise ValueError("base_url: required when kind is openai")
+        if self.kind == "openai" and (self.data_parallel_size or self.ray_address):
+            raise ValueError("data_parallel_size / ray_address: for local engines (hf, vllm); an openai "
+                             "engine spreads requests with concurrency")
         return self
 
 
@@ -149,6 +158,8 @@ class ScorerConfig(Section):
     """reward_model / pairwise: conversations per forward pass."""
     max_length: PositiveInt = 2048
     """reward_model: conversations are cut to this many tokens (counted and logged)."""
+    data_parallel_size: PositiveInt | None = None
+    """reward_model / pairwise: scorer copies side by side, one per GPU (default: visible GPUs; 1 on a CPU)."""
     trust_remote_code: bool = False
     """reward_model: run the model's own code (ArmoRM needs it); off unless the recipe says so."""
     judge: EngineConfig | None = None

@@ -166,3 +166,81 @@ def test_plan_offline_hub_id_is_a_clear_error():
                           timeout=120)
     assert proc.returncode == 2
     assert "some-org/not-a-preset-7b: cannot read its config.json" in proc.stderr
+
+
+# ---- hours: the throughput model against hand-computed cases ------------------------------
+
+
+def test_generation_hours_by_hand_compute_bound_and_memory_bound():
+    from synpo.plan import Load, stage_seconds
+
+    arch = load_arch(LLAMA3)  # 8,030,261,248 parameters, bf16; KV 131,072 bytes per token
+    gpus = parse_gpus("1xA100-80G")  # 312e12 FLOP/s, 2.039e12 B/s, 80 GiB
+    vllm = EngineConfig(kind="vllm", data_parallel_size=1)
+    load = Load("generate", arch, sequences=1000, prompt_tokens=100, new_tokens=1000, prompts=1000, engine=vllm)
+    # KV room 0.9·80 GiB - 2 GiB - 16,060,522,496 B = 59,101,405,184 B; one 1,100-token sequence
+    # holds 144,179,200 B: 409 fit, vLLM runs at most 256 -> batch 256.
+    # A step reads 16,060,522,496 + 256·600·131,072 = 36,193,181,696 B: 36.19e9 / (0.8·2.039e12) = 22.19 ms;
+    # it computes 2·P·256 = 4.1115e12 FLOP: / (0.5·312e12) = 26.36 ms -> compute-bound, 26.356 ms.
+    decode = 1000 / 256 * 1000 * (2 * 8_030_261_248 * 256 / 156e12)
+    prefill = 2 * 8_030_261_248 * 100 * 1000 / 156e12  # 10.29 s
+    assert decode + prefill == pytest.approx(113.25, abs=0.01)
+    assert stage_seconds(load, gpus) == pytest.approx(decode + prefill, rel=1e-9)
+
+    # the hf engine at batch 16: a step reads 16,060,522,496 + 16·600·131,072 = 17,318,813,696 B
+    # (10.62 ms) and computes 1.65 ms of FLOPs -> memory-bound
+    hf = Load("generate", arch, 1000, 100, 1000, prompts=1000, engine=EngineConfig(kind="hf", batch_size=16))
+    by_hand = 1000 / 16 * 1000 * 17_318_813_696 / (0.8 * 2.039e12) + prefill
+    assert by_hand == pytest.approx(673.9, abs=0.1)
+    assert stage_seconds(hf, gpus) == pytest.approx(by_hand, rel=1e-9)
+
+    # 8 engines on 8 GPUs: 125 sequences each, a batch of 125 (memory-bound), 125 prompts prefilled each
+    eight = Load("generate", arch, 1000, 100, 1000, prompts=1000, engine=EngineConfig(kind="vllm"))
+    step = (16_060_522_496 + 125 * 600 * 131_072) / (0.8 * 2.039e12)
+    assert stage_seconds(eight, parse_gpus("8xA100-80G")) == pytest.approx(
+        1000 * step + prefill / 8, rel=1e-9)
+
+
+def test_training_and_scoring_hours_by_hand():
+    from synpo.plan import Load, stage_seconds, training_flops_per_token
+
+    arch = load_arch(LLAMA3)
+    cfg = TrainConfig(adapter="full", gradient_checkpointing=True, max_length=2048)
+    assert training_flops_per_token(arch, cfg, dpo_reference=False) == 8 * LLAMA3_PARAMS  # 6 + 2 (checkpointing)
+    assert training_flops_per_token(arch, cfg.model_copy(update={"adapter": "lora"}), True) == 8 * LLAMA3_PARAMS
+    # 10k pairs x 1 epoch, chosen + rejected, 2,048 tokens, 8 processes at 40 % of 312e12
+    train = Load("train", arch, 20_000, new_tokens=2048, processes=8, flops_per_token=8 * LLAMA3_PARAMS)
+    assert stage_seconds(train, parse_gpus("8xA100-80G")) == pytest.approx(
+        8 * 8_030_261_248 * 20_000 * 2048 / (8 * 312e12 * 0.4), rel=1e-9)  # 2,635 s
+    score = Load("score", arch, 2 * 50_000, new_tokens=2560, copies=None)  # one copy per GPU
+    assert stage_seconds(score, parse_gpus("8xH100")) == pytest.approx(
+        2 * 8_030_261_248 * 100_000 * 2560 / (8 * 989e12 * 0.5), rel=1e-9)
+    assert stage_seconds(score, parse_gpus("8xA10-24G")) is None  # no spec: no hours
+
+
+def test_gpu_names_without_memory_and_their_specs():
+    assert parse_gpus("8xH100").name == "H100-80G" and parse_gpus("8xH100").speed == (989e12, 3.35e12)
+    assert parse_gpus("h200").count == 1 and parse_gpus("h200").name == "H200-141G"
+    assert parse_gpus("4xL40S").memory == 48 * GiB
+    assert parse_gpus("8xA100-40G").speed == (312e12, 1.555e12)
+    with pytest.raises(UserError):
+        parse_gpus("8xA100")  # sold as 40 and 80 GB: say which
+
+
+def test_plan_hours_before_and_after_data_parallelism(capsys):
+    from synpo.plan import hours_summary
+
+    gpus = parse_gpus("8xA100-80G")
+    single = ["engine.data_parallel_size=1", "scorer.data_parallel_size=1"]
+    before = hours_summary(build_plan(load_recipe(ROOT / "recipes" / "llama3-8b-synpo.yaml", single,
+                                                  check_files=False))[0], gpus)
+    after = hours_summary(build_plan(load_recipe(ROOT / "recipes" / "llama3-8b-synpo.yaml",
+                                                 check_files=False))[0], gpus)
+    assert before["top"] == "refine"  # one engine: generation dominates
+    assert after["total"] < before["total"] / 3
+    assert [r["round"] for r in after["rounds"]] == ["0", "once", "1", "2", "3", "4"]
+    assert sum(r["hours"] for r in after["rounds"]) == pytest.approx(after["total"])
+    assert cli(["plan", str(ROOT / "recipes" / "llama3-8b-synpo.yaml"), "--gpus", "8xA100-80G"]) == 0
+    out = capsys.readouterr().out
+    assert "estimated hours on 8 x A100-80G" in out and "total" in out
+    assert "vLLM tp=1 x8" in out and "reward model, batch 16 x8" in out  # the default: one per GPU

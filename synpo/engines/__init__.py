@@ -23,6 +23,11 @@ def make_engine(cfg: EngineConfig, model: str | Path, *, dtype: str = "auto", tr
                 seed: int = 0, chat_template: str | None = None) -> Engine:
     """`chat_template` (the recipe's model.chat_template: Jinja text or a file) overrides the
     tokenizer's; an OpenAI-compatible server renders prompts with its own (`--chat-template`)."""
+    from synpo.engines.parallel import DataParallelEngine, wants_workers
+
+    if wants_workers(cfg):  # N workers, each building this same engine on its own GPUs (engines/parallel.py)
+        return DataParallelEngine(cfg, model, dict(dtype=dtype, trust_remote_code=trust_remote_code, seed=seed,
+                                                   chat_template=chat_template))
     base, adapter = model_ref(model)
     if chat_template and Path(chat_template).is_file():
         chat_template = Path(chat_template).read_text(encoding="utf-8")

@@ -87,6 +87,8 @@ def generate_sharded(
     """
     from synpo.progress import log, progress
 
+    if hasattr(engine, "generate_sharded"):  # data-parallel workers (engines/parallel.py) share the shard list
+        return engine.generate_sharded(requests, sampling, shard_dir, shard_size=shard_size, desc=desc)
     shard_dir = Path(shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
     shards = [requests[i : i + shard_size] for i in range(0, len(requests), shard_size)]

@@ -53,18 +53,20 @@ class ToyScorer:
         pass
 
 
-def make_scorer(cfg: ScorerConfig, device: str = "auto") -> Scorer:
-    """The recipe's scorer; `device` auto means cuda when available (models load on first use)."""
+def make_scorer(cfg: ScorerConfig, device: str = "auto", ray_address: str | None = None) -> Scorer:
+    """The recipe's scorer; `device` auto means cuda when available (models load on first use).
+    A reward model or PairRM runs as copies side by side (scoring/parallel.py) when
+    `cfg.data_parallel_size` or the GPUs say so; `ray_address` puts the copies on a Ray cluster."""
     if cfg.kind == "toy":
         return ToyScorer()
     if cfg.kind == "reward_model":
         from synpo.scoring.reward_model import RewardModelScorer
 
-        return RewardModelScorer(cfg, device=device)
+        return RewardModelScorer(cfg, device=device, ray_address=ray_address)
     if cfg.kind == "pairwise":
         from synpo.scoring.pairwise import PairwiseScorer
 
-        return PairwiseScorer(cfg, device=device)
+        return PairwiseScorer(cfg, device=device, ray_address=ray_address)
     from synpo.scoring.judge import JudgeScorer
 
     return JudgeScorer(cfg)

@@ -71,12 +71,24 @@ def _quiet(method) -> dict:
 class PairwiseScorer:
     name = "pairwise"
 
-    def __init__(self, cfg: ScorerConfig, device: str = "auto"):
+    def __init__(self, cfg: ScorerConfig, device: str = "auto", ray_address: str | None = None):
+        from synpo.scoring.parallel import ScoringWorkers, wants_workers
+
         self.cfg = cfg
         self.path = resolve_path(cfg.path)
         self.device = device
         self.blender = None
         _import_blender()  # fail before any stage runs, not hours later at the first comparison
+        # copies of PairRM on every GPU (scoring/parallel.py), each given runs of whole batches
+        self.workers = ScoringWorkers(cfg, device, ray_address) if wants_workers(cfg, device, ray_address) else None
+
+    def _split(self, method: str, columns: list[list]) -> list:
+        """method over runs of whole batches on the copies, concatenated back in row order."""
+        from synpo.scoring.parallel import row_blocks
+
+        blocks = row_blocks(len(columns[0]), self.cfg.batch_size, len(self.workers))
+        parts = self.workers.map(method, [tuple([c[i] for i in block] for c in columns) for block in blocks])
+        return [x for part in parts for x in part]
 
     def _load(self):
         if self.blender is None:
@@ -98,6 +110,8 @@ class PairwiseScorer:
         """Per row, PairRM's rank-score difference of `better` over `worse` (> 0: it wins)."""
         if not prompts:
             return []
+        if self.workers is not None:
+            return self._split("compare", [list(prompts), list(better), list(worse)])
         blender = self._load()
         logits = blender.compare(list(prompts), list(better), list(worse), batch_size=self.cfg.batch_size,
                                  return_logits=True, mode="[A,B]+[B,A]", **_quiet(blender.compare))
@@ -107,6 +121,8 @@ class PairwiseScorer:
 
     def rank(self, prompts: list[str], candidates: list[list[str]]) -> list[list[float]]:
         """Scores of each prompt's candidates relative to each other (PairRM's full comparison matrix)."""
+        if self.workers is not None:
+            return self._split("rank", [list(prompts), [list(c) for c in candidates]])
         blender = self._load()
         scores = blender.rank(list(prompts), [list(c) for c in candidates], return_scores=True,
                               batch_size=self.cfg.batch_size, **_quiet(blender.rank))
@@ -117,6 +133,8 @@ class PairwiseScorer:
                         "pairs.strategy synpo (gaps via compare) and sampling_ranking (via rank)")
 
     def close(self):
+        if self.workers is not None:
+            self.workers.close()
         if self.blender is not None:
             import gc
 

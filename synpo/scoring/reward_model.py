@@ -67,7 +67,9 @@ def check_remote_code(path: str, trust_remote_code: bool, field: str = "scorer",
 class RewardModelScorer:
     name = "reward_model"
 
-    def __init__(self, cfg: ScorerConfig, device: str = "auto"):
+    def __init__(self, cfg: ScorerConfig, device: str = "auto", ray_address: str | None = None):
+        from synpo.scoring.parallel import ScoringWorkers, wants_workers
+
         self.cfg = cfg
         self.path = resolve_path(cfg.path)
         self.device = device
@@ -75,13 +77,28 @@ class RewardModelScorer:
         self.tokenizer = None
         self.truncated = 0
         check_remote_code(self.path, cfg.trust_remote_code)
+        # copies of the model on every GPU (scoring/parallel.py); this process then only tokenizes
+        self.workers = ScoringWorkers(cfg, device, ray_address) if wants_workers(cfg, device, ray_address) else None
 
     # ---- loading ----
+    def _load_tokenizer(self) -> None:
+        if self.tokenizer is not None:
+            return
+        from transformers import AutoTokenizer
+
+        from synpo.models import _from_pretrained
+
+        self.tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, self.path, "reward model tokenizer",
+                                          trust_remote_code=self.cfg.trust_remote_code)
+        if self.tokenizer.chat_template is None:
+            raise UserError(f"scorer.path: {self.path}: the reward model's tokenizer has no chat template; "
+                            "a reward model is scored on its own chat format")
+
     def _load(self) -> None:
         if self.model is not None:
             return
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification
 
         from synpo.models import _from_pretrained
 
@@ -90,17 +107,15 @@ class RewardModelScorer:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self._device = device
         trust = self.cfg.trust_remote_code
-        self.tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, self.path, "reward model tokenizer",
-                                          trust_remote_code=trust)
-        if self.tokenizer.chat_template is None:
-            raise UserError(f"scorer.path: {self.path}: the reward model's tokenizer has no chat template; "
-                            "a reward model is scored on its own chat format")
+        self._load_tokenizer()
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, self.path, "reward model",
                                  dtype=dtype, trust_remote_code=trust, use_safetensors=True)
         self.model = model.to(device).eval()
 
     def close(self) -> None:
+        if self.workers is not None:
+            self.workers.close()
         if self.model is None:
             return
         import gc
@@ -129,17 +144,26 @@ class RewardModelScorer:
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         from synpo.progress import log, progress
 
-        self._load()
+        self._load_tokenizer()
         before = self.truncated
         ids = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        batches = [order[start : start + self.cfg.batch_size] for start in range(0, len(order), self.cfg.batch_size)]
         scores: list[float] = [0.0] * len(ids)
         with progress("scoring", total=len(ids), unit="pair") as bar:
-            for start in range(0, len(order), self.cfg.batch_size):
-                batch = order[start : start + self.cfg.batch_size]
-                for i, s in zip(batch, self._score_batch([ids[i] for i in batch])):
+
+            def done(k: int, batch_scores: list[float]) -> None:
+                for i, s in zip(batches[k], batch_scores):
                     scores[i] = s
-                bar.advance(len(batch))
+                bar.advance(len(batches[k]))
+
+            if self.workers is not None:  # the same batches, each scored by whichever copy is free
+                self.workers.map("score_batches", [([[ids[i] for i in batch]],) for batch in batches],
+                                 lambda k, result: done(k, result[0]))
+            else:
+                self._load()
+                for k, batch in enumerate(batches):
+                    done(k, self._score_batch([ids[i] for i in batch]))
         if self.truncated > before:
             log(f"[yellow]reward model[/yellow]: {self.truncated - before} of {len(ids)} conversations were longer "
                 f"than scorer.max_length={self.cfg.max_length} tokens and were cut")
