@@ -21,6 +21,11 @@ def _device_is_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _bf16_autocast(dtype: str) -> bool:
+    """Compute in bf16 under autocast: the recipe asks for bfloat16, or `auto` on a GPU."""
+    return dtype == "bfloat16" or (dtype == "auto" and _device_is_cuda())
+
+
 def _common_args(cfg: TrainConfig, out_dir: str, seed: int, dtype: str) -> dict:
     cuda = _device_is_cuda()
     checkpoints = cfg.checkpoint_steps is not None
@@ -37,8 +42,8 @@ def _common_args(cfg: TrainConfig, out_dir: str, seed: int, dtype: str) -> dict:
         seed=seed,
         data_seed=seed,
         use_cpu=not cuda,
-        bf16=cuda and dtype in ("bfloat16", "auto"),
-        fp16=False,
+        bf16=_bf16_autocast(dtype),  # autocast compute; the optimizer steps fp32 weights (_weights_dtype)
+        fp16=cuda and dtype == "float16",
         gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=10,
         save_strategy="steps" if checkpoints else "no",
@@ -63,11 +68,31 @@ def _load_device() -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
 
+def _sharded_with_master_weights() -> bool:
+    """DeepSpeed and FSDP on GPUs keep fp32 master weights of a bf16 model themselves: DeepSpeed's
+    bf16 optimizer holds fp32 partitions, and accelerate upcasts FSDP's trainable parameters to fp32
+    when mixed precision is on (the Trainer's bf16=True)."""
+    return _device_is_cuda() and any(os.environ.get(v, "false").lower() in ("1", "true")
+                                     for v in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"))
+
+
+def _weights_dtype(dtype: str, cfg: TrainConfig) -> str:
+    """The dtype θ is loaded in for training. Full fine-tuning steps the weights themselves, and an
+    AdamW step at lr 1e-6 is far below bf16's spacing (2^-8 relative): in bf16 it rounds away and
+    the model does not train. So full fine-tuning loads fp32 master weights and computes in bf16
+    under autocast (the Trainer's bf16=True), as transformers' Trainer expects, unless DeepSpeed or
+    FSDP keep the masters. A LoRA base is frozen: it stays in the recipe's dtype (PEFT keeps the
+    adapter in fp32); PeriodicLoRA's folds into it carry their rounding (periodic_lora.py)."""
+    if cfg.adapter == "full" and not cfg.quantization and not _sharded_with_master_weights():
+        return "float32"
+    return dtype
+
+
 def _prepare_model(spec: dict, cfg: TrainConfig):
     """θ (from spec["model"]) wrapped for training: full, or with a fresh LoRA adapter."""
     from synpo.models import load_causal_lm
 
-    model = load_causal_lm(spec["model"], dtype=spec.get("dtype", "auto"), device=_load_device(),
+    model = load_causal_lm(spec["model"], dtype=_weights_dtype(spec.get("dtype", "auto"), cfg), device=_load_device(),
                            trust_remote_code=spec.get("trust_remote_code", False), quantization=cfg.quantization)
     if cfg.adapter == "full":
         return model
