@@ -47,7 +47,7 @@ class Loop:
         self.recipe, self.run = recipe, run
         self.theta0 = resolve_path(recipe.model.path)
         self.theta0_fp = fingerprint(section(recipe, "model"))
-        self.seed_rows = load_seed(recipe.data.seed)
+        self.seed_rows = load_seed(recipe.data.seed, seed=recipe.seed)
         self.seed_fp = fingerprint(section(recipe, "data.seed"), [r["id"] for r in self.seed_rows])
         self.scorer = make_scorer(recipe.scorer, device=recipe.runtime.device)
         self.scorer_fp = fingerprint(section(recipe, "scorer"))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from synpo.engines.base import Completion, Request, Sampling, cut_at_stop
+from synpo.engines.vllm_worker import stop_token_ids
 
 
 class HFEngine:
@@ -112,9 +113,6 @@ def render_chat(tokenizer, messages: list[dict]) -> list[int]:
 
 
 def eos_ids(model, tokenizer) -> list[int]:
-    """End-of-turn ids: the generation config's (may be several, e.g. Llama 3) plus the tokenizer's."""
-    ids = model.generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+    """End-of-turn ids: the generation config's (may be several, e.g. Llama 3), the tokenizer's eos
+    and the chat template's end-of-turn token (a template override on a base tokenizer)."""
+    return stop_token_ids(model.generation_config.eos_token_id, tokenizer)

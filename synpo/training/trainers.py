@@ -124,14 +124,17 @@ def _resume_checkpoint(out_dir: str) -> str | None:
     return str(complete[-1]) if complete else None
 
 
-def _training_data(spec: dict, kind: str):
+def _training_data(spec: dict, kind: str, tokenizer, max_length: int):
     """The job's rows as an on-disk (memory-mapped) dataset in the work dir. TRL caches DPO's
     precomputed reference log-probs next to a dataset's files, and every rank reads rank 0's
     cache: an in-memory dataset would cache in a per-process temporary dir that rank 1 cannot see.
 
     Every rank may get here before the others (no barrier: before the Trainer exists, accelerate's
     state on CPU does not know it is distributed, so `main_process_first` would not wait), so the
-    dataset is published with `publish_dir_once`: whichever rank renames first wins, and all load it."""
+    dataset is published with `publish_dir_once`: whichever rank renames first wins, and all load it.
+
+    Rows whose prompt alone fills max_length are dropped first and counted (returned with the data):
+    they leave no answer token to train on (TRL's SimPO would make that a NaN loss)."""
     import hashlib
     import json
 
@@ -140,13 +143,20 @@ def _training_data(spec: dict, kind: str):
     from synpo.io import publish_dir_once, read_jsonl
 
     columns = ("prompt", "completion") if kind == "sft" else ("prompt", "chosen", "rejected")
+    from synpo.errors import UserError
+    from synpo.training.chat_ids import drop_long_prompts
+
     rows = [{k: r[k] for k in columns} for r in read_jsonl(spec["data"])]
+    rows, dropped = drop_long_prompts(rows, tokenizer, max_length)
+    if not rows:
+        raise UserError(f"{spec['data']}: every row's prompt fills train.max_length ({max_length} tokens); "
+                        "raise max_length")
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(spec["work_dir"]) / f"dataset-{digest}"
     with publish_dir_once(path) as tmp:
         if tmp is not None:
             Dataset.from_list(rows).save_to_disk(str(tmp))
-    return load_from_disk(str(path))
+    return load_from_disk(str(path)), dropped
 
 
 def train(spec: dict) -> dict:
@@ -162,7 +172,11 @@ def train(spec: dict) -> dict:
     tokenizer = load_tokenizer(spec["model"], trust_remote_code=spec.get("trust_remote_code", False),
                                chat_template=spec.get("chat_template"))
     model = _prepare_model(spec, cfg)
-    data = _training_data(spec, kind)
+    data, dropped = _training_data(spec, kind, tokenizer, cfg.max_length)
+    if dropped:
+        from synpo.progress import log
+
+        log(f"training data: {dropped} row(s) dropped, their prompt fills train.max_length ({cfg.max_length} tokens)")
     trainer_dir = str(Path(spec["work_dir"]) / "trainer")
     args = _common_args(cfg, trainer_dir, spec["seed"], spec.get("dtype", "auto"))
     callbacks = _callbacks(cfg, model)
@@ -186,15 +200,18 @@ def train(spec: dict) -> dict:
         trainer = DPOTrainer(model=model, args=dpo_args, train_dataset=data, processing_class=tokenizer,
                              callbacks=callbacks)
     else:
-        from trl.experimental.cpo import CPOConfig, CPOTrainer
+        from trl.experimental.cpo import CPOConfig
+
+        from synpo.training.chat_ids import SimPOTrainer
 
         cpo_args = CPOConfig(**args, max_length=cfg.max_length, beta=cfg.beta, loss_type="simpo",
                              simpo_gamma=cfg.gamma, cpo_alpha=cfg.nll_weight, remove_unused_columns=False)
-        trainer = CPOTrainer(model=model, args=cpo_args, train_dataset=data, processing_class=tokenizer,
-                             callbacks=callbacks)
+        trainer = SimPOTrainer(model=model, args=cpo_args, train_dataset=data, processing_class=tokenizer,
+                               callbacks=callbacks)
 
     result = trainer.train(resume_from_checkpoint=_resume_checkpoint(trainer_dir))
     metrics = {"train_loss": round(result.training_loss, 4), "steps": result.global_step,
+               "train_rows": len(data), "dropped_long_prompts": dropped,
                "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2)}  # the loop, not loading
     history = [h for h in trainer.state.log_history if "loss" in h]
     if history:
