@@ -159,16 +159,13 @@ def _training_data(spec: dict, kind: str, tokenizer, max_length: int):
     return load_from_disk(str(path)), dropped
 
 
-def train(spec: dict) -> dict:
-    """Run one training job described by `spec`; returns its metrics. See module docstring."""
-    import torch
-
-    from synpo.models import load_tokenizer
-
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
+def build_trainer(spec: dict):
+    """The TRL trainer of the job described by `spec`, its tokenizer and the rows dropped for a
+    prompt filling max_length: (trainer, tokenizer, dropped). Tokenised data: trainer.train_dataset."""
     kind = spec["kind"]  # "sft" or "preference"
     cfg = (PolicyTrainConfig if kind == "preference" else TrainConfig).model_validate(spec["train"])
+    from synpo.models import load_tokenizer
+
     tokenizer = load_tokenizer(spec["model"], trust_remote_code=spec.get("trust_remote_code", False),
                                chat_template=spec.get("chat_template"))
     model = _prepare_model(spec, cfg)
@@ -209,14 +206,25 @@ def train(spec: dict) -> dict:
         trainer = SimPOTrainer(model=model, args=cpo_args, train_dataset=data, processing_class=tokenizer,
                                callbacks=callbacks)
 
+    return trainer, tokenizer, dropped
+
+
+def train(spec: dict) -> dict:
+    """Run one training job described by `spec`; returns its metrics. See module docstring."""
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    trainer, tokenizer, dropped = build_trainer(spec)
+    trainer_dir = trainer.args.output_dir
     result = trainer.train(resume_from_checkpoint=_resume_checkpoint(trainer_dir))
     metrics = {"train_loss": round(result.training_loss, 4), "steps": result.global_step,
-               "train_rows": len(data), "dropped_long_prompts": dropped,
+               "train_rows": len(trainer.train_dataset), "dropped_long_prompts": dropped,
                "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2)}  # the loop, not loading
     history = [h for h in trainer.state.log_history if "loss" in h]
     if history:
         metrics["final_loss"] = round(history[-1]["loss"], 4)
     from synpo.training.merge import save_trained
 
-    save_trained(trainer, tokenizer, spec, merge=spec.get("merge", kind == "preference"), metrics=metrics)
+    save_trained(trainer, tokenizer, spec, merge=spec.get("merge", spec["kind"] == "preference"), metrics=metrics)
     return metrics
