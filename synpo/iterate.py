@@ -171,8 +171,9 @@ class Loop:
             if n == 0:
                 raise UserError(f"round {t}: D has no pairs to train on; lower pairs.gap or raise "
                                 "prompt_generator.num_prompts")
-            return {"pairs": n, **policy_stage(r, self.run.dir / "dataset" / "pairs.jsonl", start, out, tmp,
-                                               self.stage_seed("policy", t), self.logs / f"round_{t:02d}_policy.log")}
+            return {"pairs": n, "start": start,  # θ0 or θ_{t-1}: recorded in state.json
+                    **policy_stage(r, self.run.dir / "dataset" / "pairs.jsonl", start, out, tmp,
+                                    self.stage_seed("policy", t), self.logs / f"round_{t:02d}_policy.log")}
 
         self.run.stage(f"round_{t:02d}/policy", fp, work, outputs=[out])
         return str(out), fp
