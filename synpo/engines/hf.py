@@ -33,6 +33,7 @@ class HFEngine:
                                     trust_remote_code=trust_remote_code)
         self.model.eval()
         self.batch_size = batch_size
+        self.stop_ids = eos_ids(self.model, self.tokenizer)
 
     def render(self, request: Request) -> list[int]:
         """Token ids of the conversation with the generation prompt, exactly as the template gives them."""
@@ -69,7 +70,7 @@ class HFEngine:
             input_ids[row, width - len(x):] = torch.tensor(x)
             attention[row, width - len(x):] = 1
         kwargs = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n, use_cache=True,
-                      pad_token_id=tok.pad_token_id, eos_token_id=eos_ids(self.model, tok))
+                      pad_token_id=tok.pad_token_id, eos_token_id=self.stop_ids)
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         else:
