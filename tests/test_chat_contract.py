@@ -199,4 +199,4 @@ def test_an_over_long_prompt_is_dropped_counted_and_the_loss_is_finite(tmp_path,
                                                                   if loss else {}))
     metrics = train(spec)
     assert metrics["dropped_long_prompts"] == 1 and metrics["train_rows"] == 3
-    assert math.isfinite(metrics["train_loss"]) and math.isfinite(metrics["final_loss"])
+    assert math.isfinite(metrics["train_loss"])  # the mean over the steps: one NaN step makes it NaN

@@ -28,7 +28,7 @@ GREEDY = ["rounds=2", "pairs.gap=0.0", "improver.train.max_steps=24", "improver.
 @pytest.fixture(scope="module")
 def two_rounds(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("rounds") / "run"
-    proc = run_iterate(run_dir, *GREEDY)
+    proc = run_iterate(run_dir, *GREEDY, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
