@@ -46,6 +46,7 @@ def _common_args(cfg: TrainConfig, out_dir: str, seed: int, dtype: str) -> dict:
         fp16=cuda and dtype == "float16",
         gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=10,
+        logging_nan_inf_filter=False,  # a NaN loss must show in the metrics, not be logged as 0
         save_strategy="steps" if checkpoints else "no",
         save_steps=cfg.checkpoint_steps or 500,
         save_total_limit=2,
