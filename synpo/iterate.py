@@ -57,7 +57,7 @@ class Loop:
         self.recipe, self.run = recipe, run
         self.theta0 = resolve_path(recipe.model.path)
         self.theta0_fp = fingerprint(section(recipe, "model"))
-        self.seed_rows = load_seed(recipe.data.seed)
+        self.seed_rows = load_seed(recipe.data.seed, seed=recipe.seed)
         self.seed_fp = fingerprint(section(recipe, "data.seed"), [r["id"] for r in self.seed_rows])
         self.scorer = make_scorer(recipe.scorer, device=recipe.runtime.device, ray_address=recipe.engine.ray_address)
         self.scorer_fp = fingerprint(section(recipe, "scorer"))
@@ -182,8 +182,9 @@ class Loop:
             if n == 0:
                 raise UserError(f"round {t}: D has no pairs to train on; lower pairs.gap or raise "
                                 "prompt_generator.num_prompts")
-            return {"pairs": n, **policy_stage(r, self.run.dir / "dataset" / "pairs.jsonl", start, out, tmp,
-                                               self.stage_seed("policy", t), self.logs / f"round_{t:02d}_policy.log")}
+            return {"pairs": n, "start": start,  # θ0 or θ_{t-1}: recorded in state.json
+                    **policy_stage(r, self.run.dir / "dataset" / "pairs.jsonl", start, out, tmp,
+                                    self.stage_seed("policy", t), self.logs / f"round_{t:02d}_policy.log")}
 
         self.run.stage(f"round_{t:02d}/policy", fp, work, outputs=[out])
         return str(out), fp

@@ -35,12 +35,31 @@ def _from_pretrained(loader, path: str, what: str, **kwargs):
         raise UserError(f"{path}: could not load {what}: {first}") from None
 
 
+def chat_template_text(value: str) -> str:
+    """The recipe's `model.chat_template` as template text: inline Jinja as it is, or a file's text.
+
+    Jinja text is never probed as a path: a real template (Llama-3's is 389 characters) makes
+    `Path.is_file` raise `OSError: File name too long`. A template always holds `{{` or `{%`;
+    anything else must name an existing file."""
+    if "{{" in value or "{%" in value:
+        return value
+    path = Path(value).expanduser()
+    try:
+        is_file = path.is_file()
+    except OSError:  # not a usable path either (too long, bad characters)
+        is_file = False
+    if not is_file:
+        raise UserError(f"model.chat_template: {value[:80]}: neither a Jinja template (no {{{{ or {{%) "
+                        "nor an existing file; give the template text or a path to a .jinja file")
+    return path.read_text(encoding="utf-8")
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False, chat_template: str | None = None):
     from transformers import AutoTokenizer
 
     tok = _from_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=trust_remote_code)
     if chat_template:
-        tok.chat_template = Path(chat_template).read_text() if Path(chat_template).is_file() else chat_template
+        tok.chat_template = chat_template_text(chat_template)
     if tok.chat_template is None:
         raise UserError(f"{path}: the tokenizer has no chat template; set model.chat_template in the recipe")
     if tok.pad_token is None:

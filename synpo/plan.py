@@ -32,8 +32,10 @@ training runs chosen and rejected together, so B = 2·batch_size):
     DeepSpeed     weights 2P, gradients 2P, optimizer 12P (fp32 master copy + Adam m, v);
                   ZeRO-1 shards the optimizer over N, ZeRO-2 also the gradients, ZeRO-3 all
                   three; offload_optimizer/param_device cpu takes that part off the GPU
-    FSDP          weights w·P, gradients w·P, optimizer 2·w·P, all sharded over N
-    DDP / single  weights w·P, gradients w·P, optimizer 2·w·P (AdamW's m, v in the weights' dtype)
+    FSDP          weights 4P, gradients 4P, optimizer 8P, all sharded over N (accelerate upcasts
+                  the trainable weights to fp32 masters when mixed precision is on)
+    DDP / single  weights 4P, gradients 4P, optimizer 8P: fp32 master weights under bf16 autocast
+                  (synpo.training.trainers loads them so; a bf16 step at lr 1e-6 would round away)
   LoRA / PeriodicLoRA (base frozen; ZeRO-3 / FSDP shard the base over N)
     base          w·P; QLoRA: the blocks' linear weights at 0.516 bytes (4-bit NF4 with
                   double-quantised block scales) or 1 byte (8-bit), the rest at w
@@ -437,11 +439,11 @@ def training_memory(arch: Arch, cfg: TrainConfig, layout: Layout, preference: bo
             parts["weights"] = 0 if layout.offload_params else 2 * P / (N if z >= 3 else 1)
             parts["grads"] = 2 * P / (N if z >= 2 else 1)
             parts["optim"] = 0 if layout.offload_optimizer else 12 * P / (N if z >= 1 else 1)
-        else:
+        else:  # fp32 master weights (see the module docstring)
             shard = N if layout.kind == "fsdp" else 1
-            parts["weights"] = w * P / shard
-            parts["grads"] = w * P / shard
-            parts["optim"] = 2 * w * P / shard
+            parts["weights"] = 4 * P / shard
+            parts["grads"] = 4 * P / shard
+            parts["optim"] = 8 * P / shard
     else:
         if cfg.quantization:
             quantized = arch.block_linear_params()
@@ -452,7 +454,9 @@ def training_memory(arch: Arch, cfg: TrainConfig, layout: Layout, preference: bo
         adapter = lora_params(arch, cfg.lora.r, cfg.lora.target_modules)
         parts["adapter+optim"] = 16 * adapter
     if preference and loss == "dpo" and cfg.adapter == "full":
-        parts["reference"] = w * P / (N if shard_all else 1)
+        # TRL copies the model as loaded: fp32 outside DeepSpeed/FSDP, where the weights are fp32 masters
+        reference_bytes = w if layout.kind in ("deepspeed", "fsdp") else 4
+        parts["reference"] = reference_bytes * P / (N if shard_all else 1)
     sequences = cfg.batch_size * (2 if preference else 1)
     parts.update(activation_bytes(arch, sequences, cfg.max_length, cfg.gradient_checkpointing))
     parts["other"] = OVERHEAD

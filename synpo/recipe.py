@@ -216,7 +216,8 @@ class TrainConfig(Section):
     lora: LoraConfig = LoraConfig()
     periodic: PeriodicConfig | None = None
     quantization: Literal["4bit", "8bit"] | None = None
-    learning_rate: PositiveFloat = 1e-4
+    learning_rate: PositiveFloat | None = None
+    """Default by adapter (see `default_learning_rate`)."""
     epochs: PositiveFloat = 1.0
     max_steps: PositiveInt | None = None
     batch_size: PositiveInt = 16
@@ -234,8 +235,16 @@ class TrainConfig(Section):
     """Train this stage on N processes (`accelerate launch`, a child process; on a CPU: N gloo
     processes). Overrides the accelerate config's num_processes."""
 
+    def default_learning_rate(self) -> float:
+        """SFT (the prompt generator, the improver): full fine-tuning 2e-5, TRL's SFTConfig default and
+        alignment-handbook's full SFT recipes; LoRA 2e-4, their LoRA/QLoRA SFT recipes. A LoRA factor
+        starts at zero (B) and must travel far: at a full-model rate such as 1e-6 it barely moves."""
+        return 2e-5 if self.adapter == "full" else 2e-4
+
     @model_validator(mode="after")
     def _periodic(self):
+        if self.learning_rate is None:
+            self.learning_rate = self.default_learning_rate()
         if self.adapter == "periodic_lora" and self.periodic is None:
             self.periodic = PeriodicConfig(stages=4)
         if self.quantization and self.adapter != "lora":
@@ -248,13 +257,27 @@ class PolicyTrainConfig(TrainConfig):
     """Preference optimisation of the policy (step 6)."""
 
     loss: Literal["simpo", "dpo"] = "simpo"
-    beta: PositiveFloat = 2.0
+    beta: PositiveFloat | None = None
+    """Default by loss: DPO 0.1 (TRL's DPOConfig; DPO's β scales a log-ratio to the reference),
+    SimPO 2.0 (the SimPO paper and TRL's SimPO recipe; β scales a length-normalised log-probability,
+    a 10-20x smaller quantity). One scale is wrong for the other loss."""
     gamma: float = Field(default=1.6, ge=0)
     """SimPO's target reward margin γ (TRL's simpo_gamma)."""
     nll_weight: float = Field(default=0.0, ge=0)
     """Weight of an NLL term on the chosen answer (CPO's cpo_alpha; DPO adds TRL's `sft` loss)."""
     start: Literal["initial", "previous"] = "initial"
     """Train θ_t from θ0 on all of D (the paper) or continue from θ_{t-1} on D."""
+
+    def default_learning_rate(self) -> float:
+        """Preference optimisation: full fine-tuning 1e-6, TRL's DPOConfig default and the SimPO
+        paper's range (5e-7 .. 1e-6) for 7-8B models; LoRA 5e-6, alignment-handbook's QLoRA DPO recipe."""
+        return 1e-6 if self.adapter == "full" else 5e-6
+
+    @model_validator(mode="after")
+    def _beta(self):
+        if self.beta is None:
+            self.beta = 0.1 if self.loss == "dpo" else 2.0
+        return self
 
 
 # ---- the stages -----------------------------------------------------------------------
@@ -265,7 +288,9 @@ class PromptGeneratorConfig(Section):
     """Content keywords taken from each seed prompt (the paper: 2)."""
     noise_keywords: int = Field(default=1, ge=0)
     """Keywords taken from another seed prompt (the paper: 1)."""
-    train: TrainConfig = TrainConfig(epochs=3, learning_rate=1e-6, batch_size=32)
+    train: TrainConfig = TrainConfig(epochs=3, batch_size=32)
+    """LoRA at lr 2e-4 by default (see TrainConfig.default_learning_rate); the paper fine-tunes G
+    fully at lr 1e-6 (recipes/llama3-8b-synpo.yaml sets that)."""
     num_prompts: PositiveInt = 1000
     """Prompts to sample per round (before filtering)."""
     sampling: SamplingConfig = SamplingConfig(temperature=0.7, max_new_tokens=128)
@@ -290,7 +315,8 @@ class ImproverConfig(Section):
     """Also keep this fraction of the rows at or below the gap (the paper: 0). With an exact
     scorer a right answer ties with gold; without such rows the improver only ever sees
     drafts that must change, and learns to change right ones too."""
-    train: TrainConfig = TrainConfig(epochs=3, learning_rate=1e-6, batch_size=32)
+    train: TrainConfig = TrainConfig(epochs=3, batch_size=32)
+    """As the prompt generator's."""
     seed_sampling: SamplingConfig = SamplingConfig()
     sampling: SamplingConfig = SamplingConfig()
     """Sampling of the refinement ỹ ~ R_t(x, y_{t-1})."""
@@ -453,8 +479,13 @@ def _check_files(recipe: Recipe, source: str) -> list[str]:
             problems.append(f"{source}: {field}: file does not exist: {path}")
 
     model("model.path", recipe.model.path)
-    if recipe.model.chat_template and recipe.model.chat_template.endswith((".jinja", ".j2", ".txt")):
-        local("model.chat_template", recipe.model.chat_template, "file")
+    if recipe.model.chat_template:
+        from synpo.models import chat_template_text
+
+        try:
+            chat_template_text(recipe.model.chat_template)
+        except UserError as e:
+            problems.append(f"{source}: {e}")
     local("data.seed.path", recipe.data.seed.path, recipe.data.seed.format)
     local("data.corpus.path", recipe.data.corpus.path, recipe.data.corpus.format)
     if recipe.scorer.kind in ("reward_model", "pairwise"):

@@ -92,3 +92,47 @@ def test_iterate_exits_2_before_any_work(tmp_path):
     assert "train.beta: must be > 0" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not run_dir.exists()
+
+
+LLAMA3_TEMPLATE = (  # Meta's Llama-3 chat template: 389 characters, longer than a file name may be
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}")
+
+
+def test_chat_template_inline_or_file_never_probes_template_text_as_a_path(tmp_path):
+    from synpo.models import chat_template_text
+
+    assert len(LLAMA3_TEMPLATE) > 255
+    assert chat_template_text(LLAMA3_TEMPLATE) == LLAMA3_TEMPLATE
+    path = tmp_path / "llama3.jinja"
+    path.write_text(LLAMA3_TEMPLATE)
+    assert chat_template_text(str(path)) == LLAMA3_TEMPLATE
+    text = yaml.safe_dump({"model": {"chat_template": LLAMA3_TEMPLATE}})
+    assert load_recipe(write(tmp_path, text)).model.chat_template == LLAMA3_TEMPLATE
+    lines = problems(tmp_path, "model: {chat_template: templates/missing.jinja}\n")
+    assert len(lines) == 1 and "model.chat_template: templates/missing.jinja" in lines[0]
+
+
+def test_defaults_train_for_the_loss_and_adapter_they_apply_to():
+    recipe = load_recipe(None, check_files=False)
+    assert recipe.train.loss == "simpo" and recipe.train.beta == 2.0
+    assert load_recipe(None, ["train.loss=dpo"], check_files=False).train.beta == 0.1
+    assert load_recipe(None, ["train.loss=dpo", "train.beta=0.5"], check_files=False).train.beta == 0.5
+    assert recipe.prompt_generator.train.adapter == "lora" and recipe.prompt_generator.train.learning_rate == 2e-4
+    assert recipe.improver.train.learning_rate == 2e-4
+    full = load_recipe(None, ["improver.train={adapter: full}", "train.adapter=full"], check_files=False)
+    assert full.improver.train.learning_rate == 2e-5 and full.train.learning_rate == 1e-6
+
+
+def test_seed_limit_takes_a_seeded_random_sample():
+    from synpo.data.loaders import load_seed
+    from synpo.recipe import SeedData
+
+    everything = load_seed(SeedData())
+    sample = load_seed(SeedData(limit=20), seed=0)
+    assert len(sample) == 20 and sample == load_seed(SeedData(limit=20), seed=0)
+    assert sample != everything[:20] and sample != load_seed(SeedData(limit=20), seed=1)
+    position = {r["id"]: i for i, r in enumerate(everything)}
+    assert [position[r["id"]] for r in sample] == sorted(position[r["id"]] for r in sample)  # file order

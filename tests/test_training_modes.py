@@ -229,7 +229,11 @@ def test_ranks_that_build_the_training_data_at_once_load_one_published_copy(tmp_
     from datasets import Dataset
 
     from synpo.io import write_jsonl
+    from synpo.models import load_tokenizer
+    from synpo.toy import TINY_MODEL
     from synpo.training.trainers import _training_data
+
+    tokenizer = load_tokenizer(str(TINY_MODEL))
 
     data = tmp_path / "d.jsonl"
     write_jsonl(data, preference_rows(8))
@@ -241,11 +245,12 @@ def test_ranks_that_build_the_training_data_at_once_load_one_published_copy(tmp_
         save(self, target, **kw)
         if not published:  # the other rank finishes first, between our exists-check and our rename
             published.append("racing")  # (its own save_to_disk comes back here: do not race again)
-            published[0] = _training_data(spec, "preference")
+            published[0] = _training_data(spec, "preference", tokenizer, 512)[0]
             (Path(published[0].cache_files[0]["filename"]).parent / "marker").write_text("first")
 
     monkeypatch.setattr(Dataset, "save_to_disk", other_rank_wins)
-    ours = _training_data(spec, "preference")
+    ours, dropped = _training_data(spec, "preference", tokenizer, 512)
+    assert dropped == 0
     assert Path(ours.cache_files[0]["filename"]).parent == Path(published[0].cache_files[0]["filename"]).parent
     assert (Path(ours.cache_files[0]["filename"]).parent / "marker").read_text() == "first"  # not replaced
     assert len(ours) == 8 and not list(tmp_path.glob(".dataset-*"))  # the loser's copy is cleaned up

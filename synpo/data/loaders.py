@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,8 +63,11 @@ def _sharegpt_pair(row: dict) -> tuple[str, str] | None:
     return None
 
 
-def load_seed(cfg: SeedData) -> list[dict]:
-    """Seed rows as {"id", "prompt", "response"}; empty and duplicate prompts are dropped."""
+def load_seed(cfg: SeedData, seed: int = 0) -> list[dict]:
+    """Seed rows as {"id", "prompt", "response"}; empty and duplicate prompts are dropped.
+    With `limit`, a random sample of that many rows drawn with `seed` (the run's seed), kept in
+    file order: the paper samples its seed prompts at random, and a file's first rows are often
+    one source or one topic."""
     path = resolve_path(cfg.path)
     pairs: list[tuple[str, str]] = []
     if cfg.format == "jsonl":
@@ -100,10 +104,11 @@ def load_seed(cfg: SeedData) -> list[dict]:
             continue
         seen.add(prompt)
         out.append({"id": _row_id(prompt), "prompt": str(prompt).strip(), "response": str(response).strip()})
-        if cfg.limit and len(out) >= cfg.limit:
-            break
     if not out:
         raise UserError(f"{path}: the seed set is empty")
+    if cfg.limit and len(out) > cfg.limit:
+        chosen = sorted(random.Random(seed).sample(range(len(out)), cfg.limit))
+        out = [out[i] for i in chosen]
     return out
 
 

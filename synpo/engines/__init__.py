@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from synpo.engines.base import Completion, Engine, Request, Sampling, generate_sharded
+from synpo.models import chat_template_text
 from synpo.recipe import EngineConfig
 
 __all__ = ["Completion", "Engine", "Request", "Sampling", "generate_sharded", "make_engine", "model_ref"]
@@ -29,8 +30,8 @@ def make_engine(cfg: EngineConfig, model: str | Path, *, dtype: str = "auto", tr
         return DataParallelEngine(cfg, model, dict(dtype=dtype, trust_remote_code=trust_remote_code, seed=seed,
                                                    chat_template=chat_template))
     base, adapter = model_ref(model)
-    if chat_template and Path(chat_template).is_file():
-        chat_template = Path(chat_template).read_text(encoding="utf-8")
+    if chat_template:  # text from here on: the vLLM worker may run in another environment
+        chat_template = chat_template_text(chat_template)
     if cfg.kind == "hf":
         from synpo.engines.hf import HFEngine
 

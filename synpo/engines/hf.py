@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from synpo.engines.base import Completion, Request, Sampling, cut_at_stop
+from synpo.engines.vllm_worker import stop_token_ids
 
 
 class HFEngine:
@@ -32,6 +33,7 @@ class HFEngine:
                                     trust_remote_code=trust_remote_code)
         self.model.eval()
         self.batch_size = batch_size
+        self.stop_ids = eos_ids(self.model, self.tokenizer)
 
     def render(self, request: Request) -> list[int]:
         """Token ids of the conversation with the generation prompt, exactly as the template gives them."""
@@ -68,7 +70,7 @@ class HFEngine:
             input_ids[row, width - len(x):] = torch.tensor(x)
             attention[row, width - len(x):] = 1
         kwargs = dict(max_new_tokens=sampling.max_new_tokens, num_return_sequences=sampling.n, use_cache=True,
-                      pad_token_id=tok.pad_token_id, eos_token_id=eos_ids(self.model, tok))
+                      pad_token_id=tok.pad_token_id, eos_token_id=self.stop_ids)
         if sampling.temperature > 0:
             kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
         else:
@@ -112,9 +114,6 @@ def render_chat(tokenizer, messages: list[dict]) -> list[int]:
 
 
 def eos_ids(model, tokenizer) -> list[int]:
-    """End-of-turn ids: the generation config's (may be several, e.g. Llama 3) plus the tokenizer's."""
-    ids = model.generation_config.eos_token_id
-    ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+    """End-of-turn ids: the generation config's (may be several, e.g. Llama 3), the tokenizer's eos
+    and the chat template's end-of-turn token (a template override on a base tokenizer)."""
+    return stop_token_ids(model.generation_config.eos_token_id, tokenizer)

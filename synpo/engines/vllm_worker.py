@@ -64,6 +64,38 @@ def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
+def template_end_of_turn_ids(tokenizer) -> list[int]:
+    """The special token the chat template writes right after an assistant answer (Llama-3's
+    <|eot_id|>, ChatML's <|im_end|>, Mistral's </s>), as a one-element list, or [] if none.
+
+    A template override on a base tokenizer ends turns with a token that is not the tokenizer's
+    eos (Llama-3 base: eos <|end_of_text|>, turns end with <|eot_id|>); generation must stop
+    there too, or answers run on into an invented next turn. Found by rendering a two-turn chat,
+    so it holds for any template. (synpo's hf engine uses this function too.)"""
+    marker = "synpo-end-of-turn-probe"
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": marker}]
+    try:
+        text = tokenizer.apply_chat_template(chat, tokenize=False)
+    except Exception:  # a template that cannot render this chat (Jinja raises anything): nothing to learn
+        return []
+    if not isinstance(text, str) or marker not in text:
+        return []
+    after = text[text.rindex(marker) + len(marker):]
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    ids = tokenizer(after, add_special_tokens=False)["input_ids"]
+    return next(([i] for i in ids if i in special), [])
+
+
+def stop_token_ids(eos, tokenizer) -> list[int]:
+    """Ids that end an answer: the generation config's eos ids `eos` (None, one or several), the
+    tokenizer's eos, and the chat template's end-of-turn token."""
+    ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    for i in [tokenizer.eos_token_id, *template_end_of_turn_ids(tokenizer)]:
+        if i is not None and i not in ids:
+            ids.append(i)
+    return ids
+
+
 class Generator:
     """vLLM's offline LLM on one model (and optionally one LoRA adapter on it)."""
 
@@ -95,15 +127,12 @@ class Generator:
         self.llm = LLM(**kwargs)
 
     def _end_of_turn_ids(self, model: str, generation_config_cls) -> list[int]:
-        """As the hf engine: the generation config's eos ids (may be several) plus the tokenizer's."""
+        """As the hf engine: the generation config's eos ids, the tokenizer's and the template's end of turn."""
         try:
             ids = generation_config_cls.from_pretrained(model).eos_token_id
         except OSError:
             ids = None
-        ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
-        return ids
+        return stop_token_ids(ids, self.tokenizer)
 
     def render(self, messages: list[dict]) -> list[int]:
         """Chat-template token ids with the generation prompt; the template alone decides BOS."""

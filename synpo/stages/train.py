@@ -113,7 +113,7 @@ def sft_stage(recipe: Recipe, cfg: TrainConfig, rows: list[dict], output: Path, 
     spec = {"kind": "sft", "model": resolve_path(recipe.model.path), "data": str(data), "output": str(output),
             "work_dir": str(work), "seed": seed, "merge": False}
     metrics = launch_training(recipe, cfg, spec, logs)
-    return {"rows": len(rows), **metrics}
+    return {"rows": len(rows), "start": spec["model"], **metrics}  # always θ0 (the paper trains G and R_t from it)
 
 
 def policy_stage(recipe: Recipe, dataset: Path, start: str, output: Path, work: Path, seed: int, logs: Path) -> dict:

