@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from synpo.errors import UserError
 from synpo.io import read_json, write_json, write_text
 from synpo.progress import log
 
@@ -31,7 +32,10 @@ class Run:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.dir / "state.json"
-        self.state = read_json(self.state_path) if self.state_path.exists() else {"stages": {}}
+        try:
+            self.state = read_json(self.state_path) if self.state_path.exists() else {"stages": {}}
+        except ValueError as e:  # written atomically, so only a hand edit gets here
+            raise UserError(f"{self.state_path}: not valid JSON ({e}); restore it or start a new --run-dir") from None
 
     # ---- paths ----
     def round_dir(self, t: int) -> Path:
@@ -61,6 +65,8 @@ class Run:
         """
         record = self.record(key)
         if record and record["fingerprint"] == fp and all(Path(o).exists() for o in outputs):
+            # a kill between recording a stage and removing its scratch leaves the scratch behind
+            shutil.rmtree(self.work_dir(key), ignore_errors=True)
             log(f"[dim]skip[/dim] {key} (finished, inputs unchanged)")
             return record["summary"]
         if record and record["fingerprint"] != fp:
