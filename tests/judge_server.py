@@ -62,6 +62,8 @@ def arena_needs_continue(user: str) -> bool:
 
 def verdict(messages: list[dict]) -> str:
     """The scripted judge's reply to a conversation."""
+    if len(messages) < 2:  # not a judge prompt (synpo's test question before a run starts)
+        return "OK"
     user = messages[1]["content"]
     if messages[-1]["content"] == CONTINUE:
         return "My final verdict is: [[" + arena_label(*arena_answers(user)) + "]]"
@@ -75,14 +77,15 @@ def verdict(messages: list[dict]) -> str:
     return f"The answer is fine. Rating: [[{mt_rating(user)}]]"
 
 
-FAULTS = ("not_json", "cut", "reset", "slow", "empty_choices", "no_content", "503")
+FAULTS = ("not_json", "cut", "reset", "slow", "empty_choices", "no_content", "503", "401")
 
 
 class ScriptedJudge:
     """`fault(messages, attempt)` returns None (answer) or one of FAULTS for that attempt (1, 2, ...
     per conversation): a 200 whose body is not JSON, a body cut off mid-stream, a connection reset,
     no answer until the test ends (past any client timeout), a 200 with empty `choices`, a 200
-    whose message has no content, or HTTP 503. `slow(messages)` is the "slow" fault on every attempt.
+    whose message has no content, HTTP 503, or HTTP 401 echoing the key (as OpenAI's API does).
+    `slow(messages)` is the "slow" fault on every attempt.
     Counting and the decision to answer happen under one lock: `answered` never exceeds `fail_after`."""
 
     def __init__(self, malformed=None, slow=None, fail_after: int | None = None, fault=None):
@@ -138,6 +141,9 @@ class ScriptedJudge:
                 try:
                     if fault == "503":
                         self._send(503, {"error": {"message": "overloaded"}})
+                    elif fault == "401":
+                        key_sent = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                        self._send(401, {"error": {"message": f"Incorrect API key provided: {key_sent}"}})
                     elif fault == "not_json":
                         self._send(200, b"<html><body>502 Bad Gateway</body></html>")
                     elif fault == "cut":

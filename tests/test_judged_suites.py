@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RECIPE
+from conftest import TINY_RECIPE, eval_data_dir
 from judge_server import ScriptedJudge, arena_label, arena_needs_continue, mt_rating, sha
 
 from synpo.errors import UserError
@@ -36,7 +36,8 @@ def recipe_for(suite, judge_url, tmp_path, *extra, judge_model="scripted-judge",
     judge = (f'{{base_url: "{judge_url}", model: "{judge_model}", concurrency: 4, max_retries: 1, '
              f'timeout: {timeout}, retry_backoff: 0.05, cache_dir: "{tmp_path / "judge_cache"}"}}')
     return load_recipe(TINY_RECIPE, [f"eval.suites=[{suite}]", f"eval.limit={LIMIT}", "eval.sampling.max_new_tokens=8",
-                                     "engine.batch_size=8", "runtime.threads=1", f"eval.judge={judge}", *extra])
+                                     "engine.batch_size=8", "runtime.threads=1", f"eval.judge={judge}",
+                                     f"eval.data_dir={eval_data_dir()}", *extra])
 
 
 def evaluate(recipe, suite, tmp_path):
@@ -54,7 +55,7 @@ def test_alpaca_eval_end_to_end_and_a_rerun_sends_nothing(tmp_path):
         # the outputs in alpaca_eval's model_outputs.json format, beside the matching reference outputs
         model_outputs = json.loads((out / "model_outputs.json").read_text())
         references = json.loads((out / "reference_outputs.json").read_text())
-        rows = load_suite("alpaca_eval", None, LIMIT, recipe.seed)
+        rows = load_suite("alpaca_eval", eval_data_dir(), LIMIT, recipe.seed)
         assert [m["instruction"] for m in model_outputs] == [r["instruction"] for r in rows]
         assert [r["output"] for r in references] == [r["reference"] for r in rows]
         assert all(set(m) == {"instruction", "output", "generator", "dataset"} for m in model_outputs)
@@ -256,7 +257,7 @@ def test_official_backend_without_the_package_is_a_clear_error(tmp_path, monkeyp
 
     monkeypatch.setitem(sys.modules, "alpaca_eval", None)  # import alpaca_eval -> ImportError
     recipe = load_recipe(TINY_RECIPE, ["eval.suites=[alpaca_eval]", "eval.alpaca_eval_backend=official",
-                                       "eval.limit=2", "runtime.threads=1"])
+                                       "eval.limit=2", "runtime.threads=1", f"eval.data_dir={eval_data_dir()}"])
     with pytest.raises(UserError, match="needs the alpaca_eval package"):
         evaluate(recipe, "alpaca_eval", tmp_path)
     assert not (tmp_path / "run" / "round_00" / "eval" / "alpaca_eval" / "model_outputs.json").exists()
@@ -283,6 +284,7 @@ def test_official_backend_hands_the_outputs_to_alpaca_eval(tmp_path, monkeypatch
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     recipe = load_recipe(TINY_RECIPE, ["eval.suites=[alpaca_eval]", "eval.alpaca_eval_backend=official",
                                        "eval.limit=2", "runtime.threads=1", "eval.sampling.max_new_tokens=8",
+                                       f"eval.data_dir={eval_data_dir()}",
                                        'eval.judge={base_url: "http://127.0.0.1:9/v1", model: gpt-4-turbo, '
                                        'api_key_env: MY_JUDGE_KEY}'])
     metrics, out = evaluate(recipe, "alpaca_eval", tmp_path)
@@ -307,7 +309,8 @@ def test_loop_evaluates_every_suite_each_round_and_writes_the_report(tmp_path):
         judge_cfg = (f'{{base_url: "{judge.base_url}", model: scripted-judge, concurrency: 4, '
                      f'cache_dir: "{tmp_path / "judge_cache"}"}}')
         proc = run_iterate(tmp_path / "run", "eval.suites=[toy,alpaca_eval,arena_hard,mt_bench]", "eval.limit=3",
-                           "eval.sampling.max_new_tokens=8", f"eval.judge={judge_cfg}")
+                           "eval.sampling.max_new_tokens=8", f"eval.judge={judge_cfg}",
+                           f"eval.data_dir={eval_data_dir()}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
     rows = read_jsonl(run / "metrics.jsonl")
