@@ -32,12 +32,12 @@ class Run:
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._sweep()
         self.state_path = self.dir / "state.json"
         try:
             self.state = read_json(self.state_path) if self.state_path.exists() else {"stages": {}}
         except ValueError as e:  # written atomically, so only a hand edit gets here
             raise UserError(f"{self.state_path}: not valid JSON ({e}); restore it or start a new --run-dir") from None
+        self._sweep()
 
     def _sweep(self) -> None:
         """Remove what killed writers left: atomic temporaries (`.NAME.*.tmp`) and swapped-out
