@@ -1,8 +1,9 @@
 """Everything a run reads, checked before it writes anything.
 
 `check_run_inputs(recipe)` reads the seed set whole, the first paragraphs of the corpus, the
-model's tokenizer and chat template, the judge prompt template, the evaluation sets and asks
-each judge endpoint one tiny question. The first problem is a UserError (one line naming the
+model's tokenizer and chat template, the reward model's config (custom code needs
+`scorer.trust_remote_code`), the judge prompt template, the evaluation sets and asks each
+judge endpoint one tiny question. The first problem is a UserError (one line naming the
 file, line and field, exit 2), raised before the run directory is created or changed, so a
 rerun of a finished run with a bad `--set` leaves it as it was. No model weights are loaded.
 """
@@ -26,6 +27,10 @@ def check_run_inputs(recipe: Recipe) -> Seed:
     tokenizer = check_tokenizer(recipe)
     if recipe.pairs.strategy == "synpo":
         check_seed_lengths(recipe, seed, tokenizer)
+    if recipe.scorer.kind == "reward_model":  # custom model code runs only when the recipe trusts it
+        from synpo.scoring.reward_model import check_remote_code
+
+        check_remote_code(resolve_path(recipe.scorer.path), recipe.scorer.trust_remote_code)
     check_judge_template(recipe)
     check_eval_sets(recipe)
     for what, cfg in judges(recipe):
