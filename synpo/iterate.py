@@ -50,14 +50,13 @@ def section(recipe: Recipe, *paths: str) -> dict:
 class Loop:
     """One run of the loop: the recipe, its run directory, and one method per stage."""
 
-    def __init__(self, recipe: Recipe, run: Run):
-        from synpo.data.loaders import load_seed
+    def __init__(self, recipe: Recipe, run: Run, seed_rows: list[dict]):
         from synpo.scoring import make_scorer
 
         self.recipe, self.run = recipe, run
         self.theta0 = resolve_path(recipe.model.path)
         self.theta0_fp = fingerprint(section(recipe, "model"))
-        self.seed_rows = load_seed(recipe.data.seed, seed=recipe.seed)
+        self.seed_rows = seed_rows
         self.seed_fp = fingerprint(section(recipe, "data.seed"), [r["id"] for r in self.seed_rows])
         self.scorer = make_scorer(recipe.scorer, device=recipe.runtime.device, ray_address=recipe.engine.ray_address)
         self.scorer_fp = fingerprint(section(recipe, "scorer"))
@@ -250,10 +249,18 @@ def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
         recipe = load_recipe(args.recipe, args.set)
-        run = Run(args.run_dir or Path("runs") / recipe.name)
+        run_dir = Path(args.run_dir or Path("runs") / recipe.name)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"--run-dir {run_dir}: is a file; give a directory (new, or a run to resume)")
+        from synpo.data.loaders import report_dropped
+        from synpo.preflight import check_run_inputs
+
+        seed = check_run_inputs(recipe)  # nothing is written before every input has been read
+        run = Run(run_dir)
         from synpo.io import write_text
         from synpo.progress import log
 
+        report_dropped(recipe.data.seed, seed)
         write_text(run.dir / "recipe.yaml", dump_recipe(recipe))
         if recipe.runtime.threads:
             import torch
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(recipe.runtime.threads)
         log(f"run [bold]{recipe.name}[/bold]: {recipe.rounds} rounds, strategy {recipe.pairs.strategy}, "
             f"run dir {run.dir}")
-        Loop(recipe, run)()
+        Loop(recipe, run, seed.rows)()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

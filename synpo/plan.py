@@ -573,24 +573,15 @@ def scorer_architecture(recipe: Recipe) -> Arch | None:
 
 
 def count_seed(recipe: Recipe) -> tuple[int | None, int]:
-    """(seed rows or None when unknown without downloading, mean prompt tokens ~ chars/4)."""
+    """(seed rows or None when unknown without downloading, mean prompt tokens ~ chars/4). A local
+    file is read and checked as the run reads it (a bad row is the run's one-line error)."""
+    from synpo.data.loaders import read_seed
+
     cfg = recipe.data.seed
-    path = Path(resolve_path(cfg.path))
-    rows, chars = None, 0
-    if path.is_file() and cfg.format in ("jsonl", "sharegpt") and path.suffix == ".jsonl":
-        rows = 0
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    rows += 1
-                    chars += len(line) // 2  # prompt and response share a line: about half is the prompt
-    elif path.is_file() and cfg.format in ("alpaca", "sharegpt"):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        rows, chars = len(data), sum(len(json.dumps(r)) // 2 for r in data)
-    if rows is not None and cfg.limit:
-        rows = min(rows, cfg.limit)
-    elif rows is None:
-        rows = cfg.limit
+    rows, chars = cfg.limit, 0
+    if cfg.format != "hf" and Path(resolve_path(cfg.path)).is_file():
+        prompts = [r["prompt"] for r in read_seed(cfg, recipe.seed).rows]
+        rows, chars = len(prompts), sum(map(len, prompts))
     prompt_tokens = max(16, chars // max(rows or 1, 1) // 4) if chars else 256
     return rows, prompt_tokens
 

@@ -58,7 +58,11 @@ class SeedData(Section):
     path: str = "toy:seed.jsonl"
     format: Literal["jsonl", "alpaca", "sharegpt", "hf"] = "jsonl"
     prompt_field: str = "prompt"
+    """jsonl / hf: the prompt's field; a dotted path reaches nested fields (instances.0.output)."""
     response_field: str = "response"
+    input_field: str | None = None
+    """jsonl / hf: a field joined to the prompt after a blank line when not blank, as Alpaca's
+    `input` is (Self-Instruct's seed tasks: instances.0.input)."""
     split: str = "train"
     limit: PositiveInt | None = None
 
@@ -540,11 +544,16 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), check_files:
         if not p.is_file():
             raise UserError(f"{path}: recipe file does not exist")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(p.read_text(encoding="utf-8-sig"))
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f":{mark.line + 1}" if mark else ""
             raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not UTF-8 text; save the recipe as UTF-8") from None
+        if raw is None:  # an empty file (or comments only) is a mistake, not "all defaults"
+            raise UserError(f"{path}: the recipe is empty; give at least `name:` and the sections you change "
+                            "(recipes/tiny-cpu.yaml is a complete example)")
         if not isinstance(raw, dict):
             raise UserError(f"{path}: a recipe is a YAML mapping of sections")
         raw.setdefault("name", p.stem)

@@ -5,7 +5,8 @@ of the recipe sections it read and of the fingerprints of the stages it read fro
 short summary. `Run.stage(...)` skips a stage whose record matches, re-runs one whose inputs
 changed (and says so), and gives each stage a work directory that survives a kill, so a
 half-done stage picks up from its last finished shard. A work directory written under
-another fingerprint is wiped first: stale shards never leak into a changed stage.
+another fingerprint is wiped first: stale shards never leak into a changed stage. Temporary
+files of writes a kill interrupted are removed when the run directory is opened.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from synpo.errors import UserError
 from synpo.io import read_json, write_json, write_text
 from synpo.progress import log
 
@@ -31,7 +33,20 @@ class Run:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.dir / "state.json"
-        self.state = read_json(self.state_path) if self.state_path.exists() else {"stages": {}}
+        try:
+            self.state = read_json(self.state_path) if self.state_path.exists() else {"stages": {}}
+        except ValueError as e:  # written atomically, so only a hand edit gets here
+            raise UserError(f"{self.state_path}: not valid JSON ({e}); restore it or start a new --run-dir") from None
+        self._sweep()
+
+    def _sweep(self) -> None:
+        """Remove what killed writers left: atomic temporaries (`.NAME.*.tmp`) and swapped-out
+        copies (`.NAME.old`). One run owns its directory, so none of them is being written now."""
+        for leftover in [*self.dir.rglob(".*.tmp"), *self.dir.rglob(".*.old")]:
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
 
     # ---- paths ----
     def round_dir(self, t: int) -> Path:
@@ -61,6 +76,8 @@ class Run:
         """
         record = self.record(key)
         if record and record["fingerprint"] == fp and all(Path(o).exists() for o in outputs):
+            # a kill between recording a stage and removing its scratch leaves the scratch behind
+            shutil.rmtree(self.work_dir(key), ignore_errors=True)
             log(f"[dim]skip[/dim] {key} (finished, inputs unchanged)")
             return record["summary"]
         if record and record["fingerprint"] != fp:

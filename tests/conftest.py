@@ -1,6 +1,12 @@
+import atexit
+import functools
+import json
 import os
+import random
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -43,3 +49,31 @@ def mini_run(tmp_path_factory) -> Path:
     proc = run_iterate(run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
+
+
+@functools.cache
+def eval_data_dir() -> str:
+    """eval.data_dir for tests of the judged suites: the real sets beside the checkout
+    (../shared/data) when they are there; on a clone with nothing beside it, a generated
+    AlpacaEval-format reference file (the real one is CC BY-NC 4.0 and not shipped), with
+    Arena-Hard and MT-Bench read from the copies synpo ships."""
+    from synpo.evals.datasets import FILES, SHARED
+
+    reference = FILES["alpaca_eval"]["reference"]
+    if (SHARED / reference).is_file():
+        return str(SHARED)
+    root = Path(tempfile.mkdtemp(prefix="synpo-eval-data-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    rng = random.Random(0)
+    topics = ["a haiku about rain", "how tides work", "a packing list for a hike", "why the sky is blue",
+              "a polite complaint letter", "the rules of chess", "a recipe for pancakes", "how vaccines work"]
+    words = "the of and to a in is it that for on with as this by be are at from".split()
+    rows = []
+    for i in range(40):
+        instruction = f"Write {topics[i % len(topics)]} (request {i})."
+        output = " ".join(rng.choice(words) for _ in range(rng.randint(5, 120)))  # lengths vary, as LC needs
+        rows.append({"instruction": instruction, "output": output, "generator": "gpt4_1106_preview",
+                     "dataset": ["helpful_base", "koala", "oasst", "selfinstruct", "vicuna"][i % 5]})
+    (root / reference).parent.mkdir(parents=True)
+    (root / reference).write_text(json.dumps(rows, indent=1))
+    return str(root)

@@ -292,8 +292,8 @@ def test_vllm_worker_dies_with_its_parent():
 # ---- a generation stage killed half-way, with a real engine --------------------------------
 
 
-SLOW_STAGE = """
-import sys, time
+KILLED_STAGE = """
+import os, signal, sys
 import torch
 torch.set_num_threads(1)
 from synpo.engines.base import Sampling, generate_sharded
@@ -301,13 +301,17 @@ from synpo.engines.hf import HFEngine
 sys.path.insert(0, sys.argv[2])
 from test_engines import STAGE_SAMPLING, stage_requests
 
-class Paced(HFEngine):  # a shard every 0.5 s, so the kill lands mid-stage
-    def generate(self, requests, sampling):
-        out = super().generate(requests, sampling)
-        time.sleep(0.5)
-        return out
+class KilledInThirdShard(HFEngine):  # SIGKILLs itself while generating shard 3 of 6: the same on any machine
+    calls = 0
 
-generate_sharded(Paced(sys.argv[3], dtype="float32"), stage_requests(), STAGE_SAMPLING, sys.argv[1], shard_size=8)
+    def generate(self, requests, sampling):
+        self.calls += 1
+        if self.calls == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().generate(requests, sampling)
+
+generate_sharded(KilledInThirdShard(sys.argv[3], dtype="float32"), stage_requests(), STAGE_SAMPLING, sys.argv[1],
+                 shard_size=8)
 """
 STAGE_SAMPLING = Sampling(temperature=1.0, seed=11, max_new_tokens=24)
 
@@ -334,15 +338,11 @@ class CountingEngine:
 
 def test_generation_stage_sigkilled_half_way_regenerates_only_missing_shards(hf, tmp_path):
     shards = tmp_path / "shards"
-    script = [sys.executable, "-c", SLOW_STAGE, str(shards), str(Path(__file__).parent), str(TINY_MODEL)]
-    proc = subprocess.Popen(script, env={**os.environ, "SYNPO_QUIET": "1", "OMP_NUM_THREADS": "1"})
-    deadline = time.time() + 120
-    while len(list(shards.glob("shard-*.jsonl"))) < 2 and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    script = [sys.executable, "-c", KILLED_STAGE, str(shards), str(Path(__file__).parent), str(TINY_MODEL)]
+    proc = subprocess.run(script, env={**os.environ, "SYNPO_QUIET": "1", "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == -signal.SIGKILL
     finished = len(list(shards.glob("shard-*.jsonl")))
-    assert 2 <= finished < 6, "the kill should land mid-stage"
+    assert finished == 2 and not list(shards.glob(".*.tmp"))  # killed mid-stage, between two shard writes
 
     engine = CountingEngine(hf)
     resumed = generate_sharded(engine, stage_requests(), STAGE_SAMPLING, shards, shard_size=8)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RECIPE
+from conftest import TINY_RECIPE, eval_data_dir
 from judge_server import ScriptedJudge, alpaca_confidence, arena_label, arena_needs_continue, mt_rating, sha
 
 from synpo.errors import UserError
@@ -31,11 +31,13 @@ def _quiet(monkeypatch):
     monkeypatch.setenv("SYNPO_QUIET", "1")
 
 
-def recipe_for(suite, judge_url, tmp_path, *extra, judge_model="scripted-judge", timeout=5):
+def recipe_for(suite, judge_url, tmp_path, *extra, judge_model="scripted-judge", timeout=30):
+    # timeout: far beyond a loopback answer even on a loaded machine, so only scripted faults time out
     judge = (f'{{base_url: "{judge_url}", model: "{judge_model}", concurrency: 4, max_retries: 1, '
              f'timeout: {timeout}, retry_backoff: 0.05, cache_dir: "{tmp_path / "judge_cache"}"}}')
     return load_recipe(TINY_RECIPE, [f"eval.suites=[{suite}]", f"eval.limit={LIMIT}", "eval.sampling.max_new_tokens=8",
-                                     "engine.batch_size=8", "runtime.threads=1", f"eval.judge={judge}", *extra])
+                                     "engine.batch_size=8", "runtime.threads=1", f"eval.judge={judge}",
+                                     f"eval.data_dir={eval_data_dir()}", *extra])
 
 
 def evaluate(recipe, suite, tmp_path):
@@ -53,7 +55,7 @@ def test_alpaca_eval_end_to_end_and_a_rerun_sends_nothing(tmp_path):
         # the outputs in alpaca_eval's model_outputs.json format, beside the matching reference outputs
         model_outputs = json.loads((out / "model_outputs.json").read_text())
         references = json.loads((out / "reference_outputs.json").read_text())
-        rows = load_suite("alpaca_eval", None, LIMIT, recipe.seed)
+        rows = load_suite("alpaca_eval", eval_data_dir(), LIMIT, recipe.seed)
         assert [m["instruction"] for m in model_outputs] == [r["instruction"] for r in rows]
         assert [r["output"] for r in references] == [r["reference"] for r in rows]
         assert all(set(m) == {"instruction", "output", "generator", "dataset"} for m in model_outputs)
@@ -99,20 +101,54 @@ def test_alpaca_eval_counts_malformed_verdicts(tmp_path):
 
 
 def test_judge_that_times_out(tmp_path):
-    slow = lambda messages: sha(messages[1]["content"])[0] in "01234567"  # about half of the requests
-    with ScriptedJudge(slow=slow, slow_seconds=2.5) as judge:
+    held = set()
+
+    def slow(messages):  # about half of the requests; the judge holds them until the test ends
+        if sha(messages[1]["content"])[0] in "01234567":
+            held.add(messages[1]["content"])
+            return True
+        return False
+
+    with ScriptedJudge(slow=slow) as judge:
         # default: no failure allowed, the suite stops with a one-line error
-        recipe = recipe_for("alpaca_eval", judge.base_url, tmp_path, timeout=0.5)
+        recipe = recipe_for("alpaca_eval", judge.base_url, tmp_path, timeout=1.5)
         with pytest.raises(UserError, match=r"judge requests failed .*RetriesExhausted.*run the same command again"):
             evaluate(recipe, "alpaca_eval", tmp_path)
         # allowed: the timeouts are counted as failed judgments in the metrics
-        recipe = recipe_for("alpaca_eval", judge.base_url, tmp_path, "eval.max_failed_judgments=1.0", timeout=0.5)
+        recipe = recipe_for("alpaca_eval", judge.base_url, tmp_path, "eval.max_failed_judgments=1.0", timeout=1.5)
         metrics, out = evaluate(recipe, "alpaca_eval", tmp_path)
-    failed = [a for a in read_jsonl(out / "annotations.jsonl") if a["status"] == "failed"]
+    annotations = read_jsonl(out / "annotations.jsonl")
+    failed = [a for a in annotations if a["status"] == "failed"]
+    # exactly the held requests failed, whatever the machine's load: the others answer in milliseconds
+    assert {a["id"] for a in failed} == {a["id"] for a in annotations
+                                         if any(a["instruction"] in text for text in held)}
     assert 0 < len(failed) < LIMIT
     assert metrics["judge_failed"] == len(failed) and metrics["judge_errors"] == {"RetriesExhausted": len(failed)}
-    assert all("no answer within 0.5 s" in a["error"] for a in failed)
+    assert all("no answer within 1.5 s" in a["error"] for a in failed)
     assert metrics["n_total"] == LIMIT - len(failed)
+
+
+@pytest.mark.parametrize("fault", ["not_json", "cut", "reset", "slow", "empty_choices", "no_content", "503"])
+def test_judge_faults_are_retried_then_counted(tmp_path, fault):
+    """Each fault on a request's first attempt is retried and the judgment completes; a fault on
+    every attempt is counted as a failed judgment (never a traceback, never a silent row)."""
+    flaky = lambda messages: sha(messages[1]["content"])[0] in "0123456789"  # ~60 % of the requests
+    first_only = lambda messages, attempt: fault if flaky(messages) and attempt == 1 else None
+    with ScriptedJudge(fault=first_only) as judge:
+        recipe = recipe_for("alpaca_eval", judge.base_url, tmp_path, timeout=1.5)
+        metrics, out = evaluate(recipe, "alpaca_eval", tmp_path)
+        assert judge.faults[fault] > 0 and metrics["judge_ok"] == LIMIT and metrics["judge_failed"] == 0
+        assert set(judge.answered.values()) == {1}  # each judgment answered once, after its retry
+    always = lambda messages, attempt: fault if flaky(messages) else None
+    with ScriptedJudge(fault=always) as judge:
+        recipe = recipe_for("alpaca_eval", judge.base_url, tmp_path / "again", "eval.max_failed_judgments=1.0",
+                            timeout=1.5)
+        metrics, out = evaluate(recipe, "alpaca_eval", tmp_path / "again")
+    annotations = read_jsonl(out / "annotations.jsonl")
+    failed = [a for a in annotations if a["status"] == "failed"]
+    assert len(failed) == judge.faults[fault] / 2 > 0  # max_retries 1: two attempts each
+    assert metrics["judge_failed"] == len(failed) and metrics["judge_ok"] == LIMIT - len(failed)
+    assert all(a["preference"] is None and a["error"].startswith("RetriesExhausted") for a in failed)
 
 
 # ---- arena_hard -----------------------------------------------------------------------------------
@@ -230,7 +266,7 @@ def test_official_backend_without_the_package_is_a_clear_error(tmp_path, monkeyp
 
     monkeypatch.setitem(sys.modules, "alpaca_eval", None)  # import alpaca_eval -> ImportError
     recipe = load_recipe(TINY_RECIPE, ["eval.suites=[alpaca_eval]", "eval.alpaca_eval_backend=official",
-                                       "eval.limit=2", "runtime.threads=1"])
+                                       "eval.limit=2", "runtime.threads=1", f"eval.data_dir={eval_data_dir()}"])
     with pytest.raises(UserError, match="needs the alpaca_eval package"):
         evaluate(recipe, "alpaca_eval", tmp_path)
     assert not (tmp_path / "run" / "round_00" / "eval" / "alpaca_eval" / "model_outputs.json").exists()
@@ -257,6 +293,7 @@ def test_official_backend_hands_the_outputs_to_alpaca_eval(tmp_path, monkeypatch
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     recipe = load_recipe(TINY_RECIPE, ["eval.suites=[alpaca_eval]", "eval.alpaca_eval_backend=official",
                                        "eval.limit=2", "runtime.threads=1", "eval.sampling.max_new_tokens=8",
+                                       f"eval.data_dir={eval_data_dir()}",
                                        'eval.judge={base_url: "http://127.0.0.1:9/v1", model: gpt-4-turbo, '
                                        'api_key_env: MY_JUDGE_KEY}'])
     metrics, out = evaluate(recipe, "alpaca_eval", tmp_path)
@@ -282,7 +319,8 @@ def test_loop_evaluates_every_suite_each_round_and_writes_the_report(tmp_path):
         judge_cfg = (f'{{base_url: "{judge.base_url}", model: scripted-judge, concurrency: 4, '
                      f'cache_dir: "{tmp_path / "judge_cache"}"}}')
         proc = run_iterate(tmp_path / "run", "eval.suites=[toy,alpaca_eval,arena_hard,mt_bench]", "eval.limit=5",
-                           "eval.sampling.max_new_tokens=8", f"eval.judge={judge_cfg}")
+                           "eval.sampling.max_new_tokens=8", f"eval.judge={judge_cfg}",
+                           f"eval.data_dir={eval_data_dir()}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "run"
     rows = read_jsonl(run / "metrics.jsonl")

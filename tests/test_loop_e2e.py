@@ -1,10 +1,9 @@
-"""The loop end to end on the tiny model: artifacts, determinism, resume after SIGKILL."""
+"""The loop end to end on the tiny model: artifacts, determinism, resume after SIGKILL at several moments."""
 
 import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -79,34 +78,40 @@ def test_rerun_skips_everything_and_a_changed_section_reruns_downstream(mini_run
     assert len(rows(run_dir, "round_01/pairs.jsonl")) == 3
 
 
-def _kill_when(run_dir: Path, ready, timeout: float = 600) -> None:
-    """Start the mini run, SIGKILL it as soon as `ready(run_dir)` is true."""
-    cmd = [sys.executable, "-m", "synpo.iterate", str(TINY_RECIPE), "--run-dir", str(run_dir)]
+def _killed_at(run_dir: Path, point: str) -> None:
+    """Run the mini run until it SIGKILLs itself at `point` (tests/killed_run.py)."""
+    cmd = [sys.executable, str(Path(__file__).with_name("killed_run.py")), point, str(TINY_RECIPE),
+           "--run-dir", str(run_dir)]
     for o in [*MINI, *KILL_TEST]:
         cmd += ["--set", o]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env())
-    deadline = time.time() + timeout
-    try:
-        while not ready(run_dir):
-            assert proc.poll() is None, "the run ended before the kill point"
-            assert time.time() < deadline
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=900)
+    assert proc.returncode == -signal.SIGKILL, f"{point}: the run ended before the kill point\n{proc.stderr[-2000:]}"
 
 
-def test_sigkill_mid_generation_and_mid_training_then_resume(mini_run, tmp_path):
-    """Kill during a generation stage (after its first shard) and during policy training;
-    the resumed run must hold exactly the rows of an uninterrupted run."""
-    run_dir = tmp_path / "killed"
-    shard = run_dir / ".work" / "round_01__responses" / "initial" / "shard-00000.jsonl"
-    _kill_when(run_dir, lambda d: shard.exists())
-    assert not (run_dir / "round_01" / "responses.jsonl").exists()  # killed mid-stage
-    assert len(list(shard.parent.glob("shard-*.jsonl"))) < 4  # of 4 shards (120 prompts, 32 a shard)
+def _temporaries(run_dir: Path) -> list[Path]:
+    """Leftovers of interrupted writes: atomic temporaries, swapped-out copies, stage scratch."""
+    return [*run_dir.rglob(".*.tmp"), *run_dir.rglob(".*.old"), *(run_dir / ".work").glob("*")]
 
-    checkpoint = run_dir / ".work" / "round_01__policy" / "trainer" / "checkpoint-20" / "trainer_state.json"
-    _kill_when(run_dir, lambda d: checkpoint.exists())
+
+def test_sigkill_at_several_moments_then_resume(tmp_path):
+    """SIGKILL in generation, between two stages, while D is written and in policy training, each
+    resumed by the next run; the last run finishes. Its rows, D and metrics equal an uninterrupted
+    run's and no temporary file is left."""
+    run_dir, work = tmp_path / "killed", tmp_path / "killed" / ".work"
+    _killed_at(run_dir, "generation")
+    shards = list((work / "round_01__responses" / "initial").glob("shard-*.jsonl"))
+    assert [p.name for p in shards] == ["shard-00000.jsonl"]  # 1 of 4 shards (120 prompts, 32 a shard)
+    assert not (run_dir / "round_01" / "responses.jsonl").exists()
+
+    _killed_at(run_dir, "between_stages")
+    stages = json.loads((run_dir / "state.json").read_text())["stages"]
+    assert list(stages)[-1] == "round_01/refined" and (work / "round_01__refined").exists()
+
+    _killed_at(run_dir, "dataset_write")
+    assert [p.name for p in run_dir.glob(".dataset.*.tmp")] and not (run_dir / "dataset").exists()
+
+    _killed_at(run_dir, "training")
+    assert (work / "round_01__policy" / "trainer" / "checkpoint-20" / "trainer_state.json").exists()
     assert not (run_dir / "round_01" / "policy").exists()  # killed mid-training (step 20 of 60)
 
     proc = run_iterate(run_dir, *KILL_TEST)
@@ -114,10 +119,16 @@ def test_sigkill_mid_generation_and_mid_training_then_resume(mini_run, tmp_path)
     reference = tmp_path / "reference"
     proc = run_iterate(reference, *KILL_TEST)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for name in ROW_FILES:
-        got, want = rows(run_dir, name), rows(reference, name)
+    for name in [*ROW_FILES, "dataset/info.json"]:
+        got, want = rows(run_dir, name) if name.endswith(".jsonl") else [json.loads((run_dir / name).read_text())], \
+            rows(reference, name) if name.endswith(".jsonl") else [json.loads((reference / name).read_text())]
         assert len({json.dumps(r, sort_keys=True) for r in got}) == len(got), f"{name}: duplicated rows"
         assert got == want, name
+    from datasets import load_from_disk
+
+    assert load_from_disk(str(run_dir / "dataset" / "hf")).to_list() == \
+        load_from_disk(str(reference / "dataset" / "hf")).to_list()
+    assert _temporaries(run_dir) == []
 
 
 @pytest.mark.parametrize("strategy", ["sampling_ranking"])

@@ -63,24 +63,29 @@ class Stub:
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
                 try:
                     answer = stub.respond(body, count)
-                    if answer == "drop":
-                        self.close_connection = True
-                        return
-                    if answer[0] == "sleep":
+                    if answer != "drop" and answer[0] == "sleep":
                         time.sleep(answer[1])
                         answer = ok(body)
-                    status, payload, *headers = answer
-                    data = json.dumps(payload).encode()
-                    self.send_response(status)
-                    for key, value in (headers[0] if headers else {}).items():
-                        self.send_header(key, value)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
                 finally:
+                    # out of flight before the answer is sent: the client cannot start its next
+                    # request before then, so in_flight never counts one that is already answered
                     with stub._lock:
                         stub.in_flight -= 1
+                if answer == "drop":
+                    self.close_connection = True
+                    return
+                status, payload, *headers = answer
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                for key, value in (headers[0] if headers else {}).items():
+                    self.send_header(key, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
+                    self.close_connection = True
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -152,17 +157,26 @@ def test_other_4xx_fail_at_once_with_status_and_message(stub_engine):
 
 
 def test_timeouts_and_dropped_connections_are_retried(stub_engine):
-    script = {1: ("sleep", 2.0), 2: "drop"}
-    stub, engine = stub_engine(lambda body, count: script.get(count) or ok(body), timeout=0.5, max_retries=3)
+    # the slow answer comes 3 s after the 1.5 s timeout; a prompt answer takes milliseconds, even under load
+    script = {1: ("sleep", 4.5), 2: "drop"}
+    stub, engine = stub_engine(lambda body, count: script.get(count) or ok(body), timeout=1.5, max_retries=3)
     (out,) = engine.generate(requests_for(["hello"]), Sampling())
     assert out.text == "hello | seed 0" and len(stub.bodies) == 3
 
 
 def test_concurrency_is_limited(stub_engine):
-    stub, engine = stub_engine(lambda body, count: ("sleep", 0.15), concurrency=3)
+    first_three = threading.Event()
+
+    def respond(body, count):  # the first requests wait until three are in flight together
+        if count >= 3:
+            first_three.set()
+        first_three.wait(30)
+        return ok(body)
+
+    stub, engine = stub_engine(respond, concurrency=3)
     out = engine.generate(requests_for([f"p{i}" for i in range(12)]), Sampling())
     assert [c.text for c in out] == [f"p{i} | seed 0" for i in range(12)]
-    assert 2 <= stub.max_in_flight <= 3
+    assert stub.max_in_flight == 3
 
 
 def test_api_key_comes_from_the_named_variable_and_is_never_stored(stub_engine, tmp_path, monkeypatch):

@@ -5,8 +5,9 @@
   gets `/v1`), `engine.model` (default: the stage's model path, which `transformers serve`
   loads by that name), the API key from the environment variable named by `engine.api_key_env`
   (sent as a bearer token; never stored, logged or part of a cache key).
-- At most `engine.concurrency` requests in flight. Timeouts, connection errors, 408/409/429 and
-  5xx are retried up to `engine.max_retries` times with exponential backoff and jitter
+- At most `engine.concurrency` requests in flight. Timeouts, connection errors (resets, bodies
+  cut off mid-stream), replies that are not a chat completion (not JSON, no `choices`, no text),
+  408/409/429 and 5xx are retried up to `engine.max_retries` times with exponential backoff and jitter
   (`engine.retry_backoff` seconds first, doubling, capped at 60 s, or the server's Retry-After);
   then `RetriesExhausted`. Any other 4xx raises `RequestRejected` with the status and the
   server's message at once: retrying cannot fix the request.
@@ -54,8 +55,9 @@ class RequestRejected(OpenAIEngineError, UserError):
                          "(check engine.base_url, engine.model and engine.api_key_env)")
 
 
-class RetriesExhausted(OpenAIEngineError):
-    """Timeouts, connection errors, 429 or 5xx went on after engine.max_retries retries."""
+class RetriesExhausted(OpenAIEngineError, UserError):
+    """Timeouts, connection errors, unreadable replies, 429 or 5xx went on after engine.max_retries
+    retries. A UserError: the run stops with its one-line message (exit 2) and resumes when rerun."""
 
 
 def default_cache_dir() -> Path:
@@ -218,8 +220,8 @@ class OpenAIEngine:
                 if status == 200:
                     try:
                         return _answer(response.json())
-                    except (ValueError, KeyError, IndexError, TypeError) as e:
-                        problem = f"unreadable response ({type(e).__name__}: {e})"
+                    except ValueError as e:  # not JSON, or JSON that is not a chat completion
+                        problem = f"unreadable response ({str(e)[:200]})"
                 elif status in RETRY_STATUS or status >= 500:
                     problem = f"HTTP {status}: {self._message(response)}"
                     retry_after = _seconds(response.headers.get("retry-after"))
@@ -254,11 +256,22 @@ class OpenAIEngine:
             self.cache.close()
 
 
-def _answer(data: dict) -> dict:
-    choice = data["choices"][0]
-    answer = {"text": choice["message"].get("content") or "", "finish_reason": choice.get("finish_reason"),
-              "completion_tokens": (data.get("usage") or {}).get("completion_tokens")}
-    content = (choice.get("logprobs") or {}).get("content")
+def _answer(data) -> dict:
+    """The first choice of a chat completion; ValueError for anything else (retried: a server
+    that sent a truncated, empty or foreign body usually answers properly the next time)."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices:
+        raise ValueError(f"a 200 without choices: {json.dumps(data)[:120]}")
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    text = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(text, str):
+        raise ValueError(f"choices[0].message.content is not text: {json.dumps(choices[0])[:120]}")
+    usage = data.get("usage")
+    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    answer = {"text": text, "finish_reason": choices[0].get("finish_reason"),
+              "completion_tokens": tokens if isinstance(tokens, int) else None}
+    logprobs = choices[0].get("logprobs")
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
     if content:  # OpenAI's and vLLM's format: one entry per generated token
         answer["top_logprobs"] = [[{"token": t["token"], "logprob": t["logprob"]} for t in position.get("top_logprobs")
                                    or [position]] for position in content]
