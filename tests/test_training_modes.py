@@ -71,7 +71,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, policy, lo
     # order (two ranks' mean vs one mean) becomes a weight difference proportional to the
     # learning rate wherever a gradient is near zero. Full fine-tuning has many such weights:
     # at lr 1e-3 it ends ~1.5e-5 apart (4e-5 of the update's norm) on some CPUs, so it is
-    # compared at 1e-4, where the same 1e-5 bound is 1/60 of the largest weight's move.
+    # compared at 1e-4. PeriodicLoRA at lr 1e-3 ends up to ~1.4e-5 apart on some CPUs too. So the
+    # bound is a twentieth of one Adam step (lr), and relative to the whole update below.
     lr = 1e-4 if adapter == "full" else 1e-3
     common = dict(loss=loss, adapter=adapter, max_steps=6, learning_rate=lr, **_periodic(adapter))
     two = job_spec(tmp_path, policy, "preference", rows, name="two", batch_size=2, **common)
@@ -82,7 +83,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, policy, lo
     rank0, rank1 = (load_file(str(Path(two["work_dir"]) / f"rank{r}.safetensors")) for r in (0, 1))
     assert _max_diff(rank0, rank1) == 0.0  # DDP ranks end bit-identical (folds included)
     single = load_file(str(Path(one["work_dir"]) / "rank0.safetensors"))
-    assert _max_diff(rank0, single) < 1e-5
+    assert _max_diff(rank0, single) < 0.05 * lr
     start = load_file(str(policy / "model.safetensors"))
     if adapter == "full":  # the two runs differ by a negligible share of what training changed
         keys = [k for k in single if k in start]  # the saved start ties lm_head to the embeddings
@@ -92,8 +93,12 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, policy, lo
     # The saved (merged) models agree too, and training moved them away from the start.
     merged_two = load_file(str(Path(two["output"]) / "model.safetensors"))
     merged_one = load_file(str(Path(one["output"]) / "model.safetensors"))
-    assert _max_diff(merged_two, merged_one) < 1e-5
+    assert _max_diff(merged_two, merged_one) < 0.05 * lr
     assert _max_diff(merged_two, start) > 1e-4
+    keys = [k for k in merged_one if k in start]
+    update = sum((merged_one[k].double() - start[k].double()).norm() ** 2 for k in keys) ** 0.5
+    apart = sum((merged_two[k].double() - merged_one[k].double()).norm() ** 2 for k in keys) ** 0.5
+    assert apart < 1e-3 * update
     metrics = json.loads((Path(two["output"]) / "train_metrics.json").read_text())
     assert metrics["steps"] == 6
 
