@@ -92,6 +92,13 @@ class Loop:
 
         r = self.recipe
         out = self.round_dir(t) / "prompts.jsonl"
+        if not r.prompt_generator.enabled:  # ablation: the seed prompts instead of G's
+            from synpo.stages.prompts import seed_prompts
+
+            fp = fingerprint("seed prompts", self.seed_fp, section(r, "seed", "prompt_generator.num_prompts"))
+            self.run.stage(f"round_{t:02d}/prompts", fp, lambda work: seed_prompts(r, self.seed_rows, t, out),
+                           outputs=[out])
+            return out, fp
         earlier = [self.round_dir(s) / "prompts.jsonl" for s in range(1, t)]
         earlier_fps = [self.run.fingerprint_of(f"round_{s:02d}/prompts") for s in range(1, t)]
         fp = fingerprint(generator_fp, earlier_fps, self.seed_fp, self.scorer_fp,
@@ -110,6 +117,8 @@ class Loop:
         from synpo.stages.train import sft_stage
 
         r = self.recipe
+        if not r.improver.trained:  # ablation: θ0 itself, prompted with the improver template
+            return Path(self.theta0), fingerprint(self.theta0_fp, "θ0 as the improver")
         data = self.round_dir(t) / "improver_data.jsonl"
         data_fp = fingerprint(policy_fp, self.seed_fp, self.scorer_fp,
                               section(r, "seed", "improver.gap", "improver.keep_below_gap",
@@ -203,7 +212,7 @@ class Loop:
     def __call__(self) -> None:
         r = self.recipe
         self.evaluate(0, self.theta0, self.theta0_fp)
-        generator, generator_fp = self.prompt_generator()
+        generator, generator_fp = self.prompt_generator() if r.prompt_generator.enabled else (None, "")
         policy, policy_fp = self.theta0, self.theta0_fp
         pairs_fps: list[str] = []
         for t in range(1, r.rounds + 1):

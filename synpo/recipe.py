@@ -236,7 +236,9 @@ class TrainConfig(Section):
 class PolicyTrainConfig(TrainConfig):
     """Preference optimisation of the policy (step 6)."""
 
-    loss: Literal["simpo", "dpo"] = "simpo"
+    loss: Literal["simpo", "dpo", "sft"] = "simpo"
+    """sft: supervised fine-tuning on the chosen answers of D only (no rejected side), TRL's SFTTrainer
+    with the same chat-template tokenisation as the SFT stages: the control a preference loss must beat."""
     beta: PositiveFloat = 2.0
     gamma: float = Field(default=1.6, ge=0)
     """SimPO's target reward margin γ (TRL's simpo_gamma)."""
@@ -265,6 +267,10 @@ class PromptGeneratorConfig(Section):
     decontaminate_threshold: Fraction = 0.5
     """Drop a prompt when this fraction of its n-grams occurs in an evaluation set."""
     engine: EngineConfig | None = None
+    enabled: bool = True
+    """false (an ablation): G is not trained and each round's prompts are drawn from the seed prompts
+    instead (num_prompts of them at most, a seeded draw per round, different rounds' draws disjoint
+    while the seed set lasts)."""
 
 
 class ImproverConfig(Section):
@@ -280,6 +286,9 @@ class ImproverConfig(Section):
     sampling: SamplingConfig = SamplingConfig()
     """Sampling of the refinement ỹ ~ R_t(x, y_{t-1})."""
     engine: EngineConfig | None = None
+    trained: bool = True
+    """false (an ablation): no R_t is trained; θ0 itself, prompted with the improver template,
+    refines π_{t-1}'s answers (is R_t's training what makes the chosen side better?)."""
 
 
 class ResponsesConfig(Section):
@@ -341,6 +350,28 @@ class EvalConfig(Section):
         return self
 
 
+class MonitorsConfig(Section):
+    """Drift limits checked after every round (see synpo.monitors); None = not checked. Crossing one
+    stops the loop before the next round; rerunning with a raised limit resumes."""
+
+    max_length_growth: PositiveFloat | None = None
+    """π_t's mean answer length on a suite over round 0's (θ0's), e.g. 1.5."""
+    max_repetition: Fraction | None = None
+    """π_t's mean repetition rate (fraction of repeated word 3-grams) of its answers on a suite."""
+    max_lc_wr_gap: float | None = Field(default=None, ge=0)
+    """|LC win rate - win rate| in points (alpaca_eval): a large gap means length is buying wins."""
+    max_chosen_rejected_length: PositiveFloat | None = None
+    """Mean chosen length / mean rejected length over D (all rounds' pairs so far)."""
+    max_headline_drop: float | None = Field(default=None, ge=0)
+    """Largest drop of a suite's headline metric below the previous round's (0: any drop stops)."""
+
+
+class LoggingConfig(Section):
+    report_to: list[str] = []
+    """Trackers that every TRL trainer and the loop's own per-round metrics go to, as transformers
+    names them: tensorboard, wandb, mlflow, ... (event files / local runs under RUN_DIR/tracking)."""
+
+
 class RuntimeConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: PositiveInt | None = None
@@ -364,6 +395,8 @@ class Recipe(Section):
     pairs: PairsConfig = PairsConfig()
     train: PolicyTrainConfig = PolicyTrainConfig()
     eval: EvalConfig = EvalConfig()
+    monitors: MonitorsConfig = MonitorsConfig()
+    logging: LoggingConfig = LoggingConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @field_validator("name")

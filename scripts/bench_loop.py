@@ -1,0 +1,161 @@
+"""Ablations of the embedded default: named variants of recipes/tiny-cpu.yaml over several recipe seeds.
+
+    python scripts/bench_loop.py                                   # every variant, seeds 0 1 2
+    python scripts/bench_loop.py --variants recipe,sft --seeds 0   # a quick check of two variants
+    python scripts/bench_loop.py --collect                         # only rebuild the tables
+
+Each (variant, seed) is one loop run, `python -m synpo.iterate recipes/tiny-cpu.yaml --set seed=S` plus the
+variant's `--set`s, in its own run directory OUT/runs/<variant>/seed_<S>. The loop resumes a run directory,
+so an interrupted benchmark continues where it stopped: run the same command again. `--parallel 2` runs
+two loops at once, each on one torch thread (runtime.threads=1, OMP_NUM_THREADS=1).
+
+Writes OUT/bench_loop.json (every run's per-round metrics, pairs, drift figures and seconds per stage) and
+OUT/bench_loop.md: toy exact match per round as mean ± sample standard deviation over the seeds that
+finished, the pairs in D after the last round, and the wall minutes of a run (the sum of its stages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "tiny-cpu.yaml"
+
+# name -> (what it is, the --set overrides of recipes/tiny-cpu.yaml)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "recipe": ("SynPO, the recipe (DPO + NLL, full fine-tuning)", []),
+    "dpo_no_nll": ("DPO without the NLL term", ["train.nll_weight=0"]),
+    "simpo": ("SimPO (β 2.0, γ 1.0, same NLL weight)", ["train.loss=simpo", "train.beta=2.0", "train.gamma=1.0"]),
+    "sft_chosen": ("SFT on the chosen answers only", ["train.loss=sft"]),
+    "untrained_improver": ("θ0 as the improver (no R_t training)", ["improver.trained=false"]),
+    "no_generator": ("seed prompts instead of G's", ["prompt_generator.enabled=false"]),
+    "sampling_ranking": ("Sampling-Ranking baseline, k = 4", ["pairs.strategy=sampling_ranking", "pairs.k=4"]),
+    "lora": ("LoRA r = 8", ["train.adapter=lora"]),
+    "periodic_lora": ("PeriodicLoRA, 4 folds", ["train.adapter=periodic_lora"]),
+}
+HEADLINE = ("toy", "exact_match")
+
+
+def run_one(out: Path, variant: str, seed: int, extra: list[str]) -> dict:
+    run_dir = out / "runs" / variant / f"seed_{seed}"
+    log = out / "logs" / f"{variant}-seed{seed}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "synpo.iterate", str(RECIPE), "--run-dir", str(run_dir)]
+    for o in [f"seed={seed}", "runtime.threads=1", *VARIANTS[variant][1], *extra]:
+        cmd += ["--set", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SYNPO_QUIET": "1", "TRL_EXPERIMENTAL_SILENCE": "1",
+           "HF_HUB_OFFLINE": "1"}
+    started = time.time()
+    with open(log, "a") as f:
+        f.write(f"\n$ {' '.join(cmd)}\n")
+        f.flush()
+        code = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    print(f"{variant} seed {seed}: exit {code} after {time.time() - started:.0f} s (log {log})", flush=True)
+    return {"variant": variant, "seed": seed, "exit": code}
+
+
+def read_run(run_dir: Path) -> dict | None:
+    """A run directory's figures per round: metrics, pairs kept, drift and seconds per stage."""
+    from synpo.io import read_json, read_jsonl
+
+    if not (run_dir / "state.json").exists():
+        return None
+    stages = read_json(run_dir / "state.json")["stages"]
+    rounds: dict[int, dict] = {}
+    if (run_dir / "metrics.jsonl").exists():
+        for row in read_jsonl(run_dir / "metrics.jsonl"):
+            rounds.setdefault(row["round"], {"metrics": {}})["metrics"][row["suite"]] = row["metrics"]
+    for key, record in stages.items():
+        if key.startswith("round_"):
+            t, stage = int(key[6:8]), key[9:]
+            rounds.setdefault(t, {"metrics": {}}).setdefault("seconds", {})[stage] = record["summary"].get("seconds")
+    for t, entry in rounds.items():
+        pairs = stages.get(f"round_{t:02d}/pairs", {}).get("summary", {})
+        entry["pairs_kept"] = pairs.get("kept")
+        entry["pairs_in_D"] = stages.get(f"round_{t:02d}/policy", {}).get("summary", {}).get("pairs")
+        drift = run_dir / f"round_{t:02d}" / "drift.json"
+        if drift.exists():
+            entry["drift"] = read_json(drift)
+    once = {k: v["summary"].get("seconds") for k, v in stages.items() if not k.startswith("round_")}
+    stopped = run_dir / "monitors_stop.json"
+    return {"rounds": {str(t): rounds[t] for t in sorted(rounds)}, "once_seconds": once,
+            "seconds": round(sum(v["summary"].get("seconds") or 0 for v in stages.values()), 1),
+            "stopped_by_monitor": read_json(stopped) if stopped.exists() else None}
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def table(results: dict, variants: list[str], seeds: list[int], rounds: int) -> str:
+    suite, key = HEADLINE
+    lines = [f"Toy exact match (mean ± sample std over the seeds that reached the round; n = seeds finished "
+             f"of {len(seeds)} asked: {', '.join(map(str, seeds))})", "",
+             "| variant | n | " + " | ".join(f"round {t}" for t in range(rounds + 1)) + " | pairs in D | wall min |",
+             "|---|---:|" + "---:|" * (rounds + 3)]
+    for variant in variants:
+        runs = [results[variant].get(str(s)) for s in seeds]
+        runs = [r for r in runs if r]
+        finished = [r for r in runs if str(rounds) in r["rounds"] and r["rounds"][str(rounds)]["metrics"]]
+        cells = []
+        for t in range(rounds + 1):
+            vals = [r["rounds"][str(t)]["metrics"][suite][key] for r in runs
+                    if suite in r["rounds"].get(str(t), {}).get("metrics", {})]
+            cells.append(mean_std(vals) + (f" (n={len(vals)})" if 0 < len(vals) != len(finished) else ""))
+        pairs = [r["rounds"][str(rounds)].get("pairs_in_D") for r in finished]
+        wall = [r["seconds"] / 60 for r in finished]
+        lines.append(f"| {variant}: {VARIANTS[variant][0]} | {len(finished)} | " + " | ".join(cells)
+                     + f" | {mean_std([p for p in pairs if p is not None]).replace('.000', '')} | "
+                     + (f"{statistics.mean(wall):.1f}" if wall else "-") + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated recipe seeds (default 0,1,2)")
+    parser.add_argument("--parallel", type=int, default=1, help="loop runs at once, one torch thread each")
+    parser.add_argument("--out", default="runs/bench_loop", help="benchmark directory (run dirs, logs, tables)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="an override for every run (e.g. rounds=1 for a quick check)")
+    parser.add_argument("--collect", action="store_true", help="run nothing; rebuild the tables from the run dirs")
+    args = parser.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        print(f"error: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}", file=sys.stderr)
+        return 2
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    out = Path(args.out)
+    if not args.collect:
+        jobs = [(v, s) for s in seeds for v in variants]  # seed-major: every variant's seed 0 comes first
+        with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
+            list(pool.map(lambda job: run_one(out, job[0], job[1], args.set), jobs))
+
+    from synpo.io import write_json, write_text
+    from synpo.recipe import load_recipe
+
+    rounds = load_recipe(RECIPE, args.set, check_files=False).rounds
+    results = {v: {str(s): read_run(out / "runs" / v / f"seed_{s}") for s in seeds} for v in variants}
+    write_json(out / "bench_loop.json", {"recipe": str(RECIPE.relative_to(ROOT)), "rounds": rounds, "seeds": seeds,
+                                         "variants": {v: {"description": VARIANTS[v][0], "overrides": VARIANTS[v][1],
+                                                          "runs": results[v]} for v in variants}})
+    text = table(results, variants, seeds, rounds)
+    write_text(out / "bench_loop.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
