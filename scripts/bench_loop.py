@@ -9,6 +9,13 @@ variant's `--set`s, in its own run directory OUT/runs/<variant>/seed_<S>. The lo
 so an interrupted benchmark continues where it stopped: run the same command again. `--parallel 2` runs
 two loops at once, each on one torch thread (runtime.threads=1, OMP_NUM_THREADS=1).
 
+Shared stages: every variant with a given seed trains the same prompt generator G and, until its own
+part of the recipe, makes the same round-1 data. So a fresh run directory starts from a copy of the donor
+variant's (`--donor`, default the recipe) finished round-0 evaluation, G and round-1 data stages (not its
+policy or evaluation): the loop checks each copied stage's fingerprint and re-runs the ones this variant
+changes, so sharing never changes a result, it only skips repeated work. A variant waits for the donor's
+round-1 pairs before it starts (no_generator, which trains no G, does not wait).
+
 Writes OUT/bench_loop.json (every run's per-round metrics, pairs, drift figures and seconds per stage) and
 OUT/bench_loop.md: toy exact match per round as mean ± sample standard deviation over the seeds that
 finished, the pairs in D after the last round, and the wall minutes of a run (the sum of its stages).
@@ -41,10 +48,54 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "periodic_lora": ("PeriodicLoRA, 4 folds", ["train.adapter=periodic_lora"]),
 }
 HEADLINE = ("toy", "exact_match")
+SHARED = ["round_00/eval/toy", "prompt_generator", "round_01/prompts", "round_01/improver_data", "round_01/improver",
+          "round_01/responses", "round_01/refined", "round_01/pairs"]
+# the files those stages leave, relative to the run directory
+SHARED_FILES = ["round_00", "prompt_generator", "prompt_generator_data.jsonl", "round_01/prompts.jsonl",
+                "round_01/prompts_stats.json", "round_01/improver_data.jsonl", "round_01/improver",
+                "round_01/responses.jsonl", "round_01/refined.jsonl", "round_01/pairs.jsonl",
+                "round_01/pairs_stats.json"]
 
 
-def run_one(out: Path, variant: str, seed: int, extra: list[str]) -> dict:
-    run_dir = out / "runs" / variant / f"seed_{seed}"
+def run_dir_of(out: Path, variant: str, seed: int) -> Path:
+    return out / "runs" / variant / f"seed_{seed}"
+
+
+# shared stages a variant does not have (copied, the report would show the donor's)
+NOT_SHARED = {"untrained_improver": ["round_01/improver_data", "round_01/improver"],
+              "sampling_ranking": ["round_01/improver_data", "round_01/improver", "round_01/refined"]}
+
+
+def share_from_donor(donor: Path, run_dir: Path, donor_running, skip: list[str]) -> None:
+    """Start a fresh run_dir from the donor's finished shared stages (see the module docstring)."""
+    import shutil
+
+    from synpo.io import read_json, write_json
+
+    if (run_dir / "state.json").exists():
+        return  # not fresh: the loop resumes it as it is
+    while donor_running() and not ((donor / "state.json").exists()
+                                   and "round_01/pairs" in read_json(donor / "state.json")["stages"]):
+        time.sleep(10)
+    if not (donor / "state.json").exists():
+        return
+    stages = read_json(donor / "state.json")["stages"]
+    if not all(k in stages for k in SHARED if k != "round_01/improver_data" and k != "round_01/improver"):
+        return
+    for name in SHARED_FILES:
+        if (donor / name).is_dir():
+            shutil.copytree(donor / name, run_dir / name)
+        elif (donor / name).exists():
+            (run_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(donor / name, run_dir / name)
+    write_json(run_dir / "state.json", {"stages": {k: stages[k] for k in SHARED if k in stages and k not in skip}})
+
+
+def run_one(out: Path, variant: str, seed: int, extra: list[str], donor: str | None, running: set) -> dict:
+    run_dir = run_dir_of(out, variant, seed)
+    if donor and variant not in (donor, "no_generator"):
+        share_from_donor(run_dir_of(out, donor, seed), run_dir, lambda: (donor, seed) in running,
+                         NOT_SHARED.get(variant, []))
     log = out / "logs" / f"{variant}-seed{seed}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "synpo.iterate", str(RECIPE), "--run-dir", str(run_dir)]
@@ -57,6 +108,7 @@ def run_one(out: Path, variant: str, seed: int, extra: list[str]) -> dict:
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
         code = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    running.discard((variant, seed))
     print(f"{variant} seed {seed}: exit {code} after {time.time() - started:.0f} s (log {log})", flush=True)
     return {"variant": variant, "seed": seed, "exit": code}
 
@@ -130,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="an override for every run (e.g. rounds=1 for a quick check)")
     parser.add_argument("--collect", action="store_true", help="run nothing; rebuild the tables from the run dirs")
+    parser.add_argument("--donor", default="recipe",
+                        help="the variant whose G and round-1 data fresh runs start from ('' for none)")
+    parser.add_argument("--donor-elsewhere", action="store_true",
+                        help="the donor's runs are being run by another process: wait for them as well")
     args = parser.parse_args(argv)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
@@ -139,9 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = Path(args.out)
     if not args.collect:
-        jobs = [(v, s) for s in seeds for v in variants]  # seed-major: every variant's seed 0 comes first
+        # seed-major (every variant's seed 0 first); the donor and the variant that needs none lead each seed
+        first = [args.donor, "no_generator"]
+        jobs = [(v, s) for s in seeds for v in sorted(variants, key=lambda v: v not in first)]
+        running = set(jobs) | ({(args.donor, s) for s in seeds} if args.donor_elsewhere else set())
         with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-            list(pool.map(lambda job: run_one(out, job[0], job[1], args.set), jobs))
+            list(pool.map(lambda job: run_one(out, job[0], job[1], args.set, args.donor or None, running), jobs))
 
     from synpo.io import write_json, write_text
     from synpo.recipe import load_recipe
