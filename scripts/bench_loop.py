@@ -173,6 +173,38 @@ def table(results: dict, variants: list[str], seeds: list[int], rounds: int) -> 
     return "\n".join(lines) + "\n"
 
 
+def item_scores(run_dir: Path, t: int) -> dict[str, float] | None:
+    """Round t's exact match per toy-benchmark item (1 or 0), by item id."""
+    from synpo.io import read_jsonl
+
+    path = run_dir / f"round_{t:02d}" / "eval" / "toy" / "outputs.jsonl"
+    return {r["id"]: float(r["score"] == 1.0) for r in read_jsonl(path)} if path.exists() else None
+
+
+def paired_table(out: Path, variants: list[str], seeds: list[int], rounds: int, baseline: str) -> str:
+    """Each variant against the baseline with the same seed, at the last round both reached: the exact-match
+    difference on the same benchmark items, ± its standard error over the items (the noise of a 560-item
+    benchmark alone; a seed's training noise comes on top, and only several seeds measure it)."""
+    lines = [f"Paired with {baseline} (same seed, same items, the last round both reached): exact-match difference "
+             "± its standard error over the benchmark items", "",
+             "| variant | seed | round | difference | items where only the variant is right | only the baseline |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for variant in variants:
+        if variant == baseline:
+            continue
+        for seed in seeds:
+            for t in range(rounds, 0, -1):
+                mine = item_scores(run_dir_of(out, variant, seed), t)
+                theirs = item_scores(run_dir_of(out, baseline, seed), t)
+                if mine and theirs:
+                    d = [mine[i] - theirs[i] for i in theirs]
+                    se = statistics.stdev(d) / len(d) ** 0.5
+                    lines.append(f"| {variant} | {seed} | {t} | {statistics.mean(d):+.3f} ± {se:.3f} | "
+                                 f"{d.count(1.0)} | {d.count(-1.0)} |")
+                    break
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
@@ -211,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "variants": {v: {"description": VARIANTS[v][0], "overrides": VARIANTS[v][1],
                                                           "runs": results[v]} for v in variants}})
     text = table(results, variants, seeds, rounds)
+    if args.donor in variants:
+        text += "\n" + paired_table(out, variants, seeds, rounds, args.donor)
     write_text(out / "bench_loop.md", text)
     print(text)
     return 0
