@@ -30,12 +30,17 @@ def test_collect_writes_mean_and_sample_std_per_round(tmp_path):
     fake_run(runs / "recipe" / "seed_0", [0.3, 0.4, 0.5, 0.6], [10, 20, 30])
     fake_run(runs / "recipe" / "seed_1", [0.3, 0.42, 0.52, 0.62], [12, 20, 30])
     fake_run(runs / "sft_chosen" / "seed_0", [0.3, 0.35], [10])  # stopped after round 1
+    for variant, right in [("recipe", [1, 1, 0, 0]), ("sft_chosen", [1, 0, 1, 1])]:  # round 1, four items
+        write_jsonl(runs / variant / "seed_0" / "round_01" / "eval" / "toy" / "outputs.jsonl",
+                    [{"id": f"i{i}", "score": 1.0 if r else 0.5} for i, r in enumerate(right)])
     assert bench_loop.main(["--collect", "--variants", "recipe,sft_chosen", "--seeds", "0,1",
                             "--out", str(tmp_path)]) == 0
     table = (tmp_path / "bench_loop.md").read_text()
     assert "| recipe: SynPO, the recipe (DPO + NLL, full fine-tuning) | 2 | 0.300 ± 0.000 | 0.410 ± 0.014 | " \
            "0.510 ± 0.014 | 0.610 ± 0.014 | 61 ± 1.414 | 1.4 |" in table
     assert "| sft_chosen: SFT on the chosen answers only | 0 | 0.300 (n=1) | 0.350 (n=1) | - | - | - | - |" in table
+    # differences 0, -1, +1, +1: mean +0.25, sample sd 0.957, SE 0.479
+    assert "| sft_chosen | 0 | 1 | +0.250 ± 0.479 | 2 | 1 |" in table
     data = json.loads((tmp_path / "bench_loop.json").read_text())
     run = data["variants"]["recipe"]["runs"]["1"]
     assert run["rounds"]["3"]["pairs_in_D"] == 62 and run["rounds"]["1"]["seconds"] == {"pairs": 1.0, "policy": 5.0}
