@@ -137,6 +137,7 @@ def _trackers(spec: dict) -> list[str]:
     root = Path(tracking["dir"])
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(root / "tensorboard" / tracking["stage"])
     os.environ["WANDB_RUN_GROUP"] = tracking["run"]
+    os.environ.setdefault("WANDB_PROJECT", "synpo")  # the loop's own figures go to the same project
     os.environ["MLFLOW_EXPERIMENT_NAME"] = tracking["run"]
     os.environ.setdefault("MLFLOW_TRACKING_URI", (root / "mlruns").as_uri())
     return list(tracking["report_to"])
