@@ -62,6 +62,10 @@ class Loop:
         self.scorer_fp = fingerprint(section(recipe, "scorer"))
         self.logs = run.dir / "logs"
         self.synpo = recipe.pairs.strategy == "synpo"
+        from synpo.tracking import LoopTracker, check_trackers
+
+        check_trackers(recipe.logging.report_to)
+        self.tracker = LoopTracker(run.dir, recipe.logging.report_to)
 
     # ---- helpers ----
     def stage_seed(self, name: str, t: int = 0) -> int:
@@ -101,6 +105,13 @@ class Loop:
 
         r = self.recipe
         out = self.round_dir(t) / "prompts.jsonl"
+        if not r.prompt_generator.enabled:  # ablation: the seed prompts instead of G's
+            from synpo.stages.prompts import seed_prompts
+
+            fp = fingerprint("seed prompts", self.seed_fp, section(r, "seed", "prompt_generator.num_prompts"))
+            self.run.stage(f"round_{t:02d}/prompts", fp, lambda work: seed_prompts(r, self.seed_rows, t, out),
+                           outputs=[out])
+            return out, fp
         earlier = [self.round_dir(s) / "prompts.jsonl" for s in range(1, t)]
         earlier_fps = [self.run.fingerprint_of(f"round_{s:02d}/prompts") for s in range(1, t)]
         fp = fingerprint(generator_fp, earlier_fps, self.seed_fp, self.scorer_fp,
@@ -120,6 +131,8 @@ class Loop:
         from synpo.stages.train import sft_stage
 
         r = self.recipe
+        if not r.improver.trained:  # ablation: θ0 itself, prompted with the improver template
+            return Path(self.theta0), fingerprint(self.theta0_fp, "θ0 as the improver")
         data = self.round_dir(t) / "improver_data.jsonl"
         data_fp = fingerprint(policy_fp, self.seed_fp, self.scorer_fp,
                               section(r, "seed", "improver.gap", "improver.keep_below_gap",
@@ -205,6 +218,41 @@ class Loop:
         if not quiet():
             results.print(metrics_table(rows))
 
+    def monitor(self, t: int) -> None:
+        """Round t's drift figures: written to round_XX/drift.json, sent to the trackers with the round's
+        metrics, data and stage seconds, and checked against the recipe's monitors (round 0 is θ0: only
+        recorded). A crossed limit stops the loop here, before round t+1."""
+        from synpo.io import read_json, write_json
+        from synpo.monitors import STOP_FILE, crossed, drift, scalars
+        from synpo.stages.evaluate import headline
+
+        r, d = self.recipe, self.round_dir(t)
+        figures = drift(self.run.dir, t, r.eval.suites)
+        write_json(d / "drift.json", figures)
+        values = scalars(figures)
+        for suite in r.eval.suites:
+            metrics = d / "eval" / suite / "metrics.json"
+            if metrics.exists():
+                values.update({f"{suite}/{k}": v for k, v in headline(suite, read_json(metrics)).items()})
+        records = {k[9:]: v for k, v in self.run.state["stages"].items() if k.startswith(f"round_{t:02d}/")}
+        for stage, record in records.items():
+            values[f"seconds/{stage}"] = record["summary"].get("seconds")
+            for key in ("kept", "pairs"):
+                if stage in ("prompts", "pairs", "policy") and key in record["summary"]:
+                    values[f"data/{stage}_{key}"] = record["summary"][key]
+        self.tracker.log_round(t, fingerprint([v["fingerprint"] for v in records.values()]), values)
+        stop = self.run.dir / STOP_FILE
+        hits = crossed(figures, r.monitors) if t > 0 else []
+        if not hits:
+            stop.unlink(missing_ok=True)  # a rerun under a raised limit goes on
+            return
+        write_json(stop, {"round": t, "crossed": hits, "limits": r.monitors.model_dump(mode="json")})
+        self.report()
+        after = f"stopped before round {t + 1}" if t < r.rounds else "the last round"
+        raise UserError(f"round {t}: " + "; ".join(h["message"].removesuffix(f" after round {t}") for h in hits)
+                        + f" ({after}; raise the limit under monitors: in the recipe, or with --set "
+                        f"monitors.{hits[0]['monitor']}=..., and rerun the same command to resume)")
+
     def report(self) -> None:
         from synpo.report import write_report
 
@@ -214,7 +262,8 @@ class Loop:
     def __call__(self) -> None:
         r = self.recipe
         self.evaluate(0, self.theta0, self.theta0_fp)
-        generator, generator_fp = self.prompt_generator()
+        self.monitor(0)
+        generator, generator_fp = self.prompt_generator() if r.prompt_generator.enabled else (None, "")
         policy, policy_fp = self.theta0, self.theta0_fp
         pairs_fps: list[str] = []
         for t in range(1, r.rounds + 1):
@@ -230,6 +279,7 @@ class Loop:
             pairs_fps.append(pairs_fp)
             policy, policy_fp = self.policy(t, pairs_fps, policy, policy_fp)
             self.evaluate(t, policy, policy_fp)
+            self.monitor(t)
             self.report()
 
 

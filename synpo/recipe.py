@@ -260,7 +260,9 @@ class TrainConfig(Section):
 class PolicyTrainConfig(TrainConfig):
     """Preference optimisation of the policy (step 6)."""
 
-    loss: Literal["simpo", "dpo"] = "simpo"
+    loss: Literal["simpo", "dpo", "sft"] = "simpo"
+    """sft: supervised fine-tuning on the chosen answers of D only (no rejected side), TRL's SFTTrainer
+    with the same chat-template tokenisation as the SFT stages: the control a preference loss must beat."""
     beta: PositiveFloat | None = None
     """Default by loss: DPO 0.1 (TRL's DPOConfig; DPO's β scales a log-ratio to the reference),
     SimPO 2.0 (the SimPO paper and TRL's SimPO recipe; β scales a length-normalised log-probability,
@@ -309,6 +311,10 @@ class PromptGeneratorConfig(Section):
     """Also drop a prompt of at least decontaminate_ngram words when more than this fraction of its
     word n-grams occurs in evaluation prompts (a copied passage)."""
     engine: EngineConfig | None = None
+    enabled: bool = True
+    """false (an ablation): G is not trained and each round's prompts are drawn from the seed prompts
+    instead (num_prompts of them at most, a seeded draw per round, different rounds' draws disjoint
+    while the seed set lasts)."""
 
 
 class ImproverConfig(Section):
@@ -325,6 +331,9 @@ class ImproverConfig(Section):
     sampling: SamplingConfig = SamplingConfig()
     """Sampling of the refinement ỹ ~ R_t(x, y_{t-1})."""
     engine: EngineConfig | None = None
+    trained: bool = True
+    """false (an ablation): no R_t is trained; θ0 itself, prompted with the improver template,
+    refines π_{t-1}'s answers (is R_t's training what makes the chosen side better?)."""
 
 
 class ResponsesConfig(Section):
@@ -388,6 +397,28 @@ class EvalConfig(Section):
         return self
 
 
+class MonitorsConfig(Section):
+    """Drift limits checked after every round (see synpo.monitors); None = not checked. Crossing one
+    stops the loop before the next round; rerunning with a raised limit resumes."""
+
+    max_length_growth: PositiveFloat | None = None
+    """π_t's mean answer length on a suite over round 0's (θ0's), e.g. 1.5."""
+    max_repetition: Fraction | None = None
+    """π_t's mean repetition rate (fraction of repeated word 3-grams) of its answers on a suite."""
+    max_lc_wr_gap: float | None = Field(default=None, ge=0)
+    """|LC win rate - win rate| in points (alpaca_eval): a large gap means length is buying wins."""
+    max_chosen_rejected_length: PositiveFloat | None = None
+    """Mean chosen length / mean rejected length over D (all rounds' pairs so far)."""
+    max_headline_drop: float | None = Field(default=None, ge=0)
+    """Largest drop of a suite's headline metric below the previous round's (0: any drop stops)."""
+
+
+class LoggingConfig(Section):
+    report_to: list[str] = []
+    """Trackers that every TRL trainer and the loop's own per-round metrics go to, as transformers
+    names them: tensorboard, wandb, mlflow, ... (event files / local runs under RUN_DIR/tracking)."""
+
+
 class RuntimeConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: PositiveInt | None = None
@@ -411,6 +442,8 @@ class Recipe(Section):
     pairs: PairsConfig = PairsConfig()
     train: PolicyTrainConfig = PolicyTrainConfig()
     eval: EvalConfig = EvalConfig()
+    monitors: MonitorsConfig = MonitorsConfig()
+    logging: LoggingConfig = LoggingConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @field_validator("name")

@@ -65,7 +65,10 @@ def collect(run_dir: Path) -> dict:
         import yaml
 
         recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
-    return {"name": run_dir.name, "recipe": recipe, "suites": suites, "full": full, "data": data}
+    return {"name": run_dir.name, "recipe": recipe, "suites": suites, "full": full, "data": data,
+            "stages": state["stages"], "drift": [_json(run_dir / f"round_{t:02d}" / "drift.json")
+                                                 for t in _rounds(run_dir)],
+            "stopped": _json(run_dir / "monitors_stop.json")}
 
 
 def _metric_keys(by_round: dict[int, dict]) -> list[str]:
@@ -221,6 +224,45 @@ def data_tables(info: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     return tables
 
 
+def seconds_table(info: dict) -> tuple[list[str], list[list[str]]] | None:
+    """Seconds per stage per round (from state.json): where the time goes, and how it grows with D."""
+    by_round: dict[str, dict[str, float]] = {}
+    for key, record in info.get("stages", {}).items():
+        where, stage = key.split("/", 1) if key.startswith("round_") else ("once", key)
+        by_round.setdefault(where, {})[stage] = record.get("summary", {}).get("seconds")
+    if not by_round:
+        return None
+    stages = list(dict.fromkeys(stage for stages in by_round.values() for stage in stages))
+    rows = [[f"round {int(where[6:])}" if where.startswith("round_") else where,
+             *[f"{v:.1f}" if (v := values.get(stage)) is not None else "-" for stage in stages],
+             f"{sum(v or 0 for v in values.values()):.1f}"] for where, values in sorted(by_round.items())]
+    return ["round", *stages, "total"], rows
+
+
+def drift_table(info: dict) -> tuple[list[str], list[list[str]]] | None:
+    """The drift figures of synpo.monitors per round and suite."""
+    rows = []
+    for figures in info.get("drift", []):
+        if not figures:
+            continue
+        ratio = (figures.get("D") or {}).get("chosen_rejected_length")
+        for suite, s in figures["suites"].items():
+            rows.append([str(figures["round"]), suite, _fmt(s["mean_chars"]), _fmt(s.get("length_growth")),
+                         _fmt(s["repetition"]), _fmt(s["headline"].get("change")), _fmt(s.get("lc_wr_gap")),
+                         _fmt(ratio)])
+    header = ["round", "suite", "mean answer chars", "× round 0", "repetition", "headline change", "LC - WR",
+              "D chosen/rejected length"]
+    return (header, rows) if rows else None
+
+
+def stopped_lines(info: dict) -> list[str]:
+    stop = info.get("stopped")
+    if not stop:
+        return []
+    return [f"STOPPED BY A MONITOR after round {stop['round']}: " + "; ".join(h["message"] for h in stop["crossed"])
+            + ". Raise the limit (recipe section monitors:) and rerun the same command to resume."]
+
+
 def _text(message_list) -> str:
     if isinstance(message_list, list):
         return "\n".join(m.get("content", "") for m in message_list)
@@ -266,7 +308,9 @@ def _intro(info: dict) -> list[str]:
 
 def render_markdown(info: dict, plots: list[tuple[str, Path]], run_dir: Path) -> str:
     lines = [f"# synpo run: {info['name']}", "", "; ".join(_intro(info)) + ".", "",
-             f"_written {time.strftime('%Y-%m-%d %H:%M:%S')}_", "", "## Metrics by round", ""]
+             f"_written {time.strftime('%Y-%m-%d %H:%M:%S')}_", ""]
+    lines += [f"**{line}**" for line in stopped_lines(info)] + ([""] if info.get("stopped") else [])
+    lines += ["## Metrics by round", ""]
     tables = metric_tables(info)
     if not tables:
         lines += ["No suite has been evaluated yet.", ""]
@@ -279,11 +323,17 @@ def render_markdown(info: dict, plots: list[tuple[str, Path]], run_dir: Path) ->
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{title}]({p.relative_to(run_dir).as_posix()})" for title, p in plots] + [""]
+    dt = drift_table(info)
+    if dt:
+        lines += ["## Drift monitors", "", *[f"**{line}**\n" for line in stopped_lines(info)], *_md_table(*dt)]
     data = data_tables(info)
     if data:
         lines += ["## Data per round", ""]
         for title, header, rows in data:
             lines += [f"### {title}", "", *_md_table(header, rows)]
+    st = seconds_table(info)
+    if st:
+        lines += ["## Seconds per stage", "", *_md_table(*st)]
     ex = examples(info)
     if ex:
         lines += ["## Example pairs", ""]
@@ -314,6 +364,7 @@ td:first-child, th:first-child { text-align: left; }
 .chosen { border-left: 4px solid #3c9a5f !important; }
 .rejected { border-left: 4px solid #c0504d !important; }
 .muted { color: #777; font-size: 13px; }
+.stopped { color: #fff; background: #c0504d; padding: .5em 1em; border-radius: 4px; font-weight: bold; }
 """
 
 
@@ -327,7 +378,8 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 def render_html(info: dict, plots: list[tuple[str, Path]]) -> str:
     esc = html.escape
     parts = [f"<h1>synpo run: {esc(info['name'])}</h1>", f"<p>{esc('; '.join(_intro(info)))}.</p>",
-             f"<p class='muted'>written {esc(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>", "<h2>Metrics by round</h2>"]
+             f"<p class='muted'>written {esc(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
+             *[f"<p class='stopped'>{esc(line)}</p>" for line in stopped_lines(info)], "<h2>Metrics by round</h2>"]
     tables = metric_tables(info)
     if not tables:
         parts.append("<p>No suite has been evaluated yet.</p>")
@@ -344,11 +396,17 @@ def render_html(info: dict, plots: list[tuple[str, Path]]) -> str:
             parts.append(f"<figure><img alt='{esc(title)}' src='data:image/png;base64,{b64}'>"
                          f"<figcaption>{esc(title)}</figcaption></figure>")
         parts.append("</div>")
+    dt = drift_table(info)
+    if dt:
+        parts += ["<h2>Drift monitors</h2>", _html_table(*dt)]
     data = data_tables(info)
     if data:
         parts.append("<h2>Data per round</h2>")
         for title, header, rows in data:
             parts += [f"<h3>{esc(title)}</h3>", _html_table(header, rows)]
+    st = seconds_table(info)
+    if st:
+        parts += ["<h2>Seconds per stage</h2>", _html_table(*st)]
     ex = examples(info)
     if ex:
         parts.append("<h2>Example pairs</h2>")

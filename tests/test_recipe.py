@@ -48,7 +48,7 @@ def test_every_problem_is_reported_with_its_yaml_path(tmp_path):
 
 def test_literal_choices_are_named(tmp_path):
     (line,) = problems(tmp_path, "train:\n  loss: ppo\n")
-    assert "train.loss: must be one of 'simpo' or 'dpo'" in line
+    assert "train.loss: must be one of 'simpo', 'dpo' or 'sft'" in line
 
 
 def test_missing_files_are_rejected(tmp_path):

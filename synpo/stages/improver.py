@@ -59,6 +59,11 @@ def improver_sft_rows(rows: list[dict]) -> list[dict]:
              "completion": [{"role": "assistant", "content": r["target"]}]} for r in rows]
 
 
+def improver_name(recipe: Recipe, t: int) -> str:
+    """Who refined: R_t, or θ0 with the improver template (`improver.trained: false`)."""
+    return f"improver_{t}" if recipe.improver.trained else "policy_0_as_improver"
+
+
 def refine(recipe: Recipe, t: int, improver: Path, responses: Path, out: Path, work: Path) -> dict:
     """Step 4: refined.jsonl, ỹ ~ R_t(x, y_{t-1}) for each response row."""
     rows = read_jsonl(responses)
@@ -74,7 +79,7 @@ def refine(recipe: Recipe, t: int, improver: Path, responses: Path, out: Path, w
     finally:
         engine.close()
     out_rows = [{"id": r["id"], "prompt": r["prompt"], "draft": r["response"], "refined": c.text,
-                 "finish_reason": c.finish_reasons[0], "round": t, "stage": "refine", "model": f"improver_{t}",
+                 "finish_reason": c.finish_reasons[0], "round": t, "stage": "refine", "model": improver_name(recipe, t),
                  "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p}}
                 for r, c in zip(rows, completions)]
     write_jsonl(out, out_rows)

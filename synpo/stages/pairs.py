@@ -20,6 +20,7 @@ from pathlib import Path
 from synpo.io import atomic_dir, read_jsonl, write_json, write_jsonl
 from synpo.recipe import Recipe
 from synpo.scoring import finite_mean, score_gaps, score_groups
+from synpo.stages.improver import improver_name
 
 
 def repetition(text: str, n: int = 3) -> float:
@@ -86,7 +87,7 @@ def build_pairs(recipe: Recipe, t: int, responses: Path, refined: Path | None, o
                 "rejected": [{"role": "assistant", "content": rejected}],
                 "gap": round(gap, 4),
                 "round": t, "strategy": cfg.strategy,
-                "chosen_model": f"improver_{t}" if cfg.strategy == "synpo" else f"policy_{t - 1}",
+                "chosen_model": improver_name(recipe, t) if cfg.strategy == "synpo" else f"policy_{t - 1}",
                 "rejected_model": "policy_0" if cfg.strategy == "synpo" else f"policy_{t - 1}",
             })
     random.Random(f"{recipe.seed}:pairs:{t}").shuffle(kept)

@@ -152,3 +152,20 @@ def generate_prompts(recipe: Recipe, generator_dir: Path, t: int, out: Path, ear
     write_jsonl(out, rows)
     return {"generated": len(requests), "kept": len(rows),
             **{f"dropped_{k}": v for k, v in sorted(dropped.items())}}
+
+
+def seed_prompts(recipe: Recipe, seed_rows: list[dict], t: int, out: Path) -> dict:
+    """Round t's prompts.jsonl drawn from the seed prompts instead of written by G (`prompt_generator.enabled:
+    false`, an ablation): num_prompts of them at most, in one seeded order, so that rounds take disjoint
+    slices while the seed set lasts (and wrap around after)."""
+    order = list(range(len(seed_rows)))
+    random.Random(f"{recipe.seed}:seed_prompts").shuffle(order)
+    n = min(recipe.prompt_generator.num_prompts, len(order))
+    start = (t - 1) * n
+    picks = [order[(start + i) % len(order)] for i in range(n)]
+    rows = [{"id": f"r{t}-s{i:06d}", "prompt": seed_rows[j]["prompt"], "keywords": [], "seed_id": seed_rows[j]["id"],
+             "round": t, "stage": "prompts", "model": "seed"} for i, j in enumerate(picks)]
+    write_json(out.with_name("prompts_stats.json"), {"generated": 0, "kept": len(rows), "dropped": {},
+                                                     "source": "seed"})
+    write_jsonl(out, rows)
+    return {"source": "seed", "kept": len(rows)}

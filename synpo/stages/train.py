@@ -81,10 +81,18 @@ def _threads_per_rank(requested: int | None, processes: int) -> int:
     return min(requested or fair, fair)
 
 
+def _tracking(recipe: Recipe, logs: Path) -> dict:
+    """Where this job reports (`logging.report_to`): the stage is named after its log file
+    (RUN_DIR/logs/<stage>.log), the run after its run directory."""
+    run_dir = logs.parent.parent
+    return {"report_to": recipe.logging.report_to, "dir": str(run_dir / "tracking"), "stage": logs.stem,
+            "run": run_dir.resolve().name}
+
+
 def launch_training(recipe: Recipe, cfg: TrainConfig, spec: dict, logs: Path) -> dict:
     spec = {**spec, "train": cfg.model_dump(mode="json"), "dtype": recipe.model.dtype,
             "trust_remote_code": recipe.model.trust_remote_code, "chat_template": recipe.model.chat_template,
-            "threads": recipe.runtime.threads}
+            "threads": recipe.runtime.threads, "tracking": _tracking(recipe, logs)}
     spec_path = Path(spec["work_dir"]) / "spec.json"
     distributed = cfg.accelerate_config or (cfg.num_processes or 1) > 1
     if distributed:

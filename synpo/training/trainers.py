@@ -148,6 +148,8 @@ def _training_data(spec: dict, kind: str, tokenizer, max_length: int):
     from synpo.training.chat_ids import drop_long_prompts
 
     rows = [{k: r[k] for k in columns} for r in read_jsonl(spec["data"])]
+    if kind == "preference" and spec["train"].get("loss") == "sft":  # the chosen side only, as SFT rows
+        rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows]
     rows, dropped = drop_long_prompts(rows, tokenizer, max_length)
     if not rows:
         raise UserError(f"{spec['data']}: every row's prompt fills train.max_length ({max_length} tokens); "
@@ -158,6 +160,23 @@ def _training_data(spec: dict, kind: str, tokenizer, max_length: int):
         if tmp is not None:
             Dataset.from_list(rows).save_to_disk(str(tmp))
     return load_from_disk(str(path)), dropped
+
+
+def _trackers(spec: dict) -> list[str]:
+    """The recipe's `logging.report_to`, with this job's place in the recipe run's tracking (the job is
+    named RUN/STAGE): TensorBoard writes to RUN_DIR/tracking/tensorboard/<stage>; W&B groups a run's
+    stages under the run's name; MLflow files them in an experiment named after the run, kept in
+    RUN_DIR/tracking/mlruns unless MLFLOW_TRACKING_URI says otherwise."""
+    tracking = spec.get("tracking")
+    if not tracking or not tracking["report_to"]:
+        return []
+    root = Path(tracking["dir"])
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(root / "tensorboard" / tracking["stage"])
+    os.environ["WANDB_RUN_GROUP"] = tracking["run"]
+    os.environ.setdefault("WANDB_PROJECT", "synpo")  # the loop's own figures go to the same project
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = tracking["run"]
+    os.environ.setdefault("MLFLOW_TRACKING_URI", (root / "mlruns").as_uri())
+    return list(tracking["report_to"])
 
 
 def build_trainer(spec: dict):
@@ -177,9 +196,12 @@ def build_trainer(spec: dict):
         log(f"training data: {dropped} row(s) dropped, their prompt fills train.max_length ({cfg.max_length} tokens)")
     trainer_dir = str(Path(spec["work_dir"]) / "trainer")
     args = _common_args(cfg, trainer_dir, spec["seed"], spec.get("dtype", "auto"))
+    args["report_to"] = _trackers(spec)
+    if args["report_to"]:
+        args["run_name"] = f"{spec['tracking']['run']}/{spec['tracking']['stage']}"
     callbacks = _callbacks(cfg, model)
 
-    if kind == "sft":
+    if kind == "sft" or cfg.loss == "sft":
         from trl import SFTConfig, SFTTrainer
 
         trainer = SFTTrainer(model=model, args=SFTConfig(**args, max_length=cfg.max_length),
