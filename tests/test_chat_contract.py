@@ -47,16 +47,19 @@ LONG_PROMPT = [{"role": "user", "content": "Summarise: " + " ".join(["東京の�
 
 
 @pytest.fixture(scope="session")
-def built(request):
+def built(request, tmp_path_factory):
     """tokenizer name -> a model directory (the tokenizer and a random tiny Llama over its vocabulary),
-    built once and kept in pytest's cache directory (converting a 128k vocabulary takes ~30 s)."""
+    built once and kept in pytest's cache directory (converting a 128k vocabulary takes ~30 s), or
+    for this session only when the cache plugin is off (`-p no:cacheprovider`)."""
     import shutil
 
     from transformers import AutoTokenizer
 
     from synpo.toy.tiny_model import build_random_model, save_model
 
-    cache = request.config.cache.mkdir("synpo-real-tokenizers-v1")
+    pytest_cache = getattr(request.config, "cache", None)
+    cache = (pytest_cache.mkdir("synpo-real-tokenizers-v1") if pytest_cache is not None
+             else tmp_path_factory.mktemp("synpo-real-tokenizers"))
     out = {}
     for name in ("llama3", "llama3-base", "mistral", "qwen25"):
         if real_tokenizers.data_file(name.removesuffix("-base")) is None:
