@@ -121,7 +121,9 @@ def test_train_start_picks_theta0_or_the_previous_policy(two_rounds, tmp_path, m
 
     monkeypatch.setattr(train_stage, "policy_stage", fake_policy_stage)
     recipe = load_recipe(run_dir / "recipe.yaml", [f"train.start={start}"])
-    loop = Loop(recipe, Run(run_dir))
+    from synpo.data.loaders import load_seed
+
+    loop = Loop(recipe, Run(run_dir), load_seed(recipe.data.seed, recipe.seed))
     previous = str(run_dir / "round_01" / "policy")
     loop.policy(2, ["a", "b"], previous, "fingerprint-of-theta1")
     assert caught["start"] == (str(TINY_MODEL) if start == "initial" else previous)
