@@ -148,7 +148,7 @@ def _training_data(spec: dict, kind: str, tokenizer, max_length: int):
     from synpo.training.chat_ids import drop_long_prompts
 
     rows = [{k: r[k] for k in columns} for r in read_jsonl(spec["data"])]
-    if kind == "preference" and spec["train"].get("loss") == "sft":  # the chosen side only, as SFT rows
+    if kind == "preference" and spec.get("train", {}).get("loss") == "sft":  # the chosen side only, as SFT rows
         rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows]
     rows, dropped = drop_long_prompts(rows, tokenizer, max_length)
     if not rows:
