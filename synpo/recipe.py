@@ -377,7 +377,7 @@ class EvalConfig(Section):
     """official backend: alpaca_eval's annotators config (name or path); its judge model is set there."""
     data_dir: str | None = None
     """Directory holding the evaluation sets (alpaca_eval/, arena_hard/, mt_bench/); default: the
-    shared data dir ../shared/data of a source checkout, then the sets shipped in synpo/evals/data."""
+    sets shipped in synpo/evals/data (see synpo/evals/datasets.py for the lookup order)."""
     engine: EngineConfig | None = None
 
     @field_validator("judge", mode="before")

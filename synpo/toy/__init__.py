@@ -1,4 +1,4 @@
-"""The embedded toy world and tiny model shipped with synpo (see DESIGN.md section 3)."""
+"""The embedded toy world and tiny model shipped with synpo; the toy world is described in synpo/toy/world.py."""
 
 from pathlib import Path
 
