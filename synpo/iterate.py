@@ -76,7 +76,7 @@ class Loop:
 
     # ---- once: the prompt generator G ----
     def prompt_generator(self) -> tuple[Path, str]:
-        from synpo.stages.prompts import generator_training_rows
+        from synpo.stages.prompt_generator import generator_training_rows
         from synpo.stages.train import sft_stage
 
         r = self.recipe
@@ -101,12 +101,12 @@ class Loop:
     # ---- round t ----
     def prompts(self, t: int, generator: Path, generator_fp: str) -> tuple[Path, str]:
         from synpo.evals.suites import eval_prompts
-        from synpo.stages.prompts import generate_prompts
+        from synpo.stages.prompt_generator import generate_prompts
 
         r = self.recipe
         out = self.round_dir(t) / "prompts.jsonl"
         if not r.prompt_generator.enabled:  # ablation: the seed prompts instead of G's
-            from synpo.stages.prompts import seed_prompts
+            from synpo.stages.prompt_generator import seed_prompts
 
             fp = fingerprint("seed prompts", self.seed_fp, section(r, "seed", "prompt_generator.num_prompts"))
             self.run.stage(f"round_{t:02d}/prompts", fp, lambda work: seed_prompts(r, self.seed_rows, t, out),

@@ -92,8 +92,8 @@ class LocalWorker:
     """One child process serving a Spec; `call` blocks until it answers."""
 
     def __init__(self, spec: Spec, index: int, gpus: list[str], threads: int):
+        from synpo.processes import die_with_parent
         from synpo.progress import quiet
-        from synpo.stages.train import _die_with_parent
 
         self.index, self.gpus = index, gpus
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "SYNPO_WORKER_THREADS": str(threads)}
@@ -103,7 +103,7 @@ class LocalWorker:
         self._tail: collections.deque[str] = collections.deque(maxlen=30)
         self._proc = subprocess.Popen([sys.executable, "-m", "synpo.parallel"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                      preexec_fn=_die_with_parent)
+                                      preexec_fn=die_with_parent)
         self._stderr = threading.Thread(target=self._pump_stderr, daemon=True)
         self._stderr.start()
         self._send({"factory": spec.factory, "args": spec.args, "kwargs": spec.kwargs})

@@ -9,7 +9,7 @@ from synpo.decontamination import Decontaminator
 from synpo.engines.base import Completion, Request, Sampling, generate_sharded
 from synpo.io import read_jsonl
 from synpo.stages.pairs import degenerate, repetition
-from synpo.stages.prompts import filter_prompts, generator_training_rows, normalise
+from synpo.stages.prompt_generator import filter_prompts, generator_training_rows, normalise
 
 
 def test_content_keywords_drop_stopwords_numbers_and_names():

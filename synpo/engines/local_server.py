@@ -45,7 +45,7 @@ class LocalServer:
     def start(self, timeout: float = 180) -> LocalServer:
         import httpx
 
-        from synpo.stages.train import _die_with_parent
+        from synpo.processes import die_with_parent
 
         hub_cache = Path(self._scratch.name) / "hub"  # must exist; nothing is ever downloaded into it
         hub_cache.mkdir(exist_ok=True)
@@ -55,7 +55,7 @@ class LocalServer:
                "serve", "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu"]
         with open(self.log_path, "ab") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                          preexec_fn=_die_with_parent)
+                                          preexec_fn=die_with_parent)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self._proc.poll() is not None:

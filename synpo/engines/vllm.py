@@ -85,8 +85,8 @@ class WorkerProcess:
     """vllm_worker.py in a child process, spoken to one JSON line at a time."""
 
     def __init__(self, python: str, options: dict):
+        from synpo.processes import die_with_parent
         from synpo.progress import log, quiet
-        from synpo.stages.train import _die_with_parent
 
         if not Path(python).exists():
             raise UserError(f"engine.python: file does not exist: {python}")
@@ -98,7 +98,7 @@ class WorkerProcess:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
         self._proc = subprocess.Popen([python, str(WORKER), json.dumps(options)], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                      preexec_fn=_die_with_parent)
+                                      preexec_fn=die_with_parent)
         self._tail: collections.deque[str] = collections.deque(maxlen=30)
         self._stderr = threading.Thread(target=self._pump_stderr, daemon=True)
         self._stderr.start()

@@ -32,8 +32,8 @@ from synpo.evals.judge import Judge, Reply, Tally, generate_answers, suite_max_t
 from synpo.evals.verdicts import parse_alpaca_eval, weighted_alpaca_eval
 from synpo.io import write_json, write_jsonl
 from synpo.progress import log
-from synpo.prompts import render
 from synpo.recipe import Recipe
+from synpo.templates import render
 
 JUDGE_MAX_TOKENS = 16  # the official annotator reads 1 token; a little room for a chatty open judge
 TOP_LOGPROBS = 5  # weighted_alpaca_eval_gpt4_turbo's setting

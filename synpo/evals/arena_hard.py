@@ -22,8 +22,8 @@ from synpo.evals.datasets import ARENA_BASELINE, load_suite
 from synpo.evals.judge import Judge, Tally, generate_answers, suite_max_tokens
 from synpo.evals.verdicts import arena_advantage, parse_arena_hard
 from synpo.io import write_jsonl
-from synpo.prompts import render
 from synpo.recipe import Recipe
+from synpo.templates import render
 
 JUDGE_MAX_TOKENS = 4096  # arena-hard-auto v0.1's judge setting
 CONTINUE = "continue your judgment and finish by outputting a final verdict label"

@@ -36,7 +36,7 @@ NEED_REF_CATS = ("math", "reasoning", "coding")
 
 @cache
 def judge_prompts() -> dict[str, dict]:
-    from synpo.prompts import PROMPTS_DIR
+    from synpo.templates import PROMPTS_DIR
 
     path = PROMPTS_DIR / "mt_bench_judge_prompts.jsonl"
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

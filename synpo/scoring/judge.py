@@ -45,7 +45,7 @@ def render_judge_prompt(template: str, prompt: str, response: str) -> str:
         env = jinja2.Environment(undefined=jinja2.StrictUndefined)
         return env.from_string(Path(template).read_text(encoding="utf-8")).render(prompt=prompt,
                                                                                  response=response).strip()
-    from synpo.prompts import render
+    from synpo.templates import render
 
     return render(template.removesuffix(".jinja"), prompt=prompt, response=response)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from synpo.engines import Request, Sampling, generate_sharded, make_engine
 from synpo.io import read_jsonl, write_jsonl
-from synpo.prompts import render
 from synpo.recipe import Recipe, SamplingConfig
 from synpo.scoring import finite_mean, score_gaps
+from synpo.templates import render
 
 
 def sampling_of(cfg: SamplingConfig, seed: int, n: int = 1) -> Sampling:

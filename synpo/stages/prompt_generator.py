@@ -25,8 +25,8 @@ from synpo.decontamination import Decontaminator
 from synpo.engines import Request, Sampling, generate_sharded, make_engine
 from synpo.errors import UserError
 from synpo.io import read_jsonl, write_json, write_jsonl
-from synpo.prompts import render
 from synpo.recipe import Recipe
+from synpo.templates import render
 
 QUESTION = re.compile(r"^\s*<question>(.*)$", re.S)
 # The question ends at its closing tag; a small model sometimes closes with the solution's
