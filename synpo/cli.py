@@ -86,11 +86,12 @@ def eval_judged(args: argparse.Namespace) -> int:
     cached, so running the same command again resumes and sends no finished request."""
     from pathlib import Path
 
+    from synpo.iterate import evaluation
     from synpo.stages.evaluate import evaluate_suite, headline
 
     recipe = eval_recipe(args)
     out = Path(args.out) if args.out else Path("synpo-eval") / recipe.name / args.suite
-    metrics = evaluate_suite(recipe, args.suite, args.model, out, out / ".work")
+    metrics = evaluate_suite(evaluation(recipe, args.suite, recipe.name), args.model, out, out / ".work")
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from synpo.errors import UserError
 from synpo.io import atomic_dir, read_json, read_jsonl, write_json, write_jsonl, write_text
+from synpo.run import round_name, stage_key
 
 FORMATS = ("trl", "alignment-handbook", "llamafactory")
 HUB_PREFIX = "hf://"
@@ -51,8 +52,8 @@ def cumulative_pairs(run_dir: Path, round_n: int) -> list[dict]:
         raise UserError(f"{run_dir}: not a synpo run directory (no state.json)")
     rows = []
     for t in range(1, round_n + 1):
-        path = run_dir / f"round_{t:02d}" / "pairs.jsonl"
-        if f"round_{t:02d}/pairs" not in state or not path.exists():
+        path = run_dir / round_name(t) / "pairs.jsonl"
+        if stage_key(t, "pairs") not in state or not path.exists():
             raise UserError(f"--round {round_n}: round {t} has no finished pairs in {run_dir}; "
                             "export a finished round")
         rows += read_jsonl(path)
@@ -163,7 +164,7 @@ def export(run_dir: str | Path, round_n: int, to: str, fmt: str = "trl", model: 
     if round_n < 1:
         raise UserError(f"--round {round_n}: rounds start at 1")
     rows = cumulative_pairs(run_dir, round_n)
-    policy = run_dir / f"round_{round_n:02d}" / "policy"
+    policy = run_dir / round_name(round_n) / "policy"
     if model and not (policy / "config.json").exists():
         raise UserError(f"--round {round_n}: {policy} holds no trained policy; finish the round or pass --no-model")
     name = f"synpo-{run_dir.resolve().name}-round{round_n}"

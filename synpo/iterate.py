@@ -10,213 +10,213 @@
                θ_t      <- SimPO/DPO(θ0 or θ_{t-1}, D)
                evaluate θ_t
 
-Every step is a stage recorded in RUN_DIR/state.json with a fingerprint of what it read;
-running the same command again resumes (see synpo.run).
+`run_stages(recipe)` writes that algorithm down once, as the list of stages a run is made of: each
+with its key in the run directory, its typed inputs (the only part of the recipe it reads) and the
+upstream stages it reads. The loop walks the list (`Loop`), and so does `synpo plan`. This module is
+the one reader of the Recipe. Every stage is recorded in RUN_DIR/state.json with a fingerprint of
+its inputs and its upstream stages' fingerprints; running the same command again resumes (see
+synpo.run).
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import sys
+from functools import partial
 from pathlib import Path
 
 from synpo.errors import UserError
 from synpo.recipe import Recipe, dump_recipe, load_recipe, resolve_path
-from synpo.run import Run, fingerprint
-
-# Where work runs (how many workers, which Ray cluster) does not change what it writes
-# (docs/gpus.md), so it is no part of a fingerprint: a run resumes on another number of GPUs.
-PLACEMENT = {"data_parallel_size", "ray_address"}
-
-
-def _without_placement(value):
-    if isinstance(value, dict):
-        return {k: _without_placement(v) for k, v in value.items() if k not in PLACEMENT}
-    return value
+from synpo.run import SEED_SET, THETA0, Run, Stage, fingerprint, fingerprints, round_name, stage_key
+from synpo.stages import Launch
+from synpo.stages.evaluate import Evaluation
+from synpo.stages.improver import ImproverData, ImproverTraining, Refinement, improver_name
+from synpo.stages.pairs import PairBuilding
+from synpo.stages.policy import PolicyTraining
+from synpo.stages.prompt_generator import GeneratorTraining, PromptWriting, SeedPrompts
+from synpo.stages.responses import Answering
 
 
-def section(recipe: Recipe, *paths: str) -> dict:
-    """The recipe sections a stage reads, for its fingerprint."""
-    out = {}
-    for path in paths:
-        node = recipe
-        for part in path.split("."):
-            node = getattr(node, part)
-        out[path] = _without_placement(node.model_dump(mode="json")) if hasattr(node, "model_dump") else node
-    return out
+def evaluation(recipe: Recipe, suite: str, model_name: str) -> Evaluation:
+    """One suite's evaluation inputs (also `synpo eval`'s, on any checkpoint)."""
+    r = recipe
+    return Evaluation(suite=suite, limit=r.eval.limit, sampling=r.eval.sampling,
+                      judged=None if suite == "toy" else r.eval.model_copy(update={"suites": [suite]}),
+                      model_name="" if suite == "toy" else model_name, base=r.model, engine=r.engine_for("eval"),
+                      seed=r.seed)
+
+
+def evaluations(recipe: Recipe, t: int, model: str) -> list[Stage]:
+    """Round t's evaluation of `model` (a stage key, or THETA0) on every suite of the recipe."""
+    stages = []
+    for suite in recipe.eval.suites:
+        key = stage_key(t, f"eval/{suite}")
+        stages.append(Stage(key, evaluation(recipe, suite, f"{recipe.name}-{round_name(t)}"), {"model": model},
+                            output=f"{key}/metrics.json"))
+    return stages
+
+
+def run_stages(recipe: Recipe) -> list[Stage]:
+    """Algorithm 1: every stage of the run, in the order it runs."""
+    r = recipe
+    pg, imp, pairs = r.prompt_generator, r.improver, r.pairs
+    synpo = pairs.strategy == "synpo"
+    stages = evaluations(r, 0, THETA0)
+    generator = stage_key(None, "prompt_generator")
+    if pg.enabled:
+        stages.append(Stage(generator, GeneratorTraining(
+            keywords=pg.keywords, noise_keywords=pg.noise_keywords, train=pg.train, base=r.model, seed=r.seed),
+            {"seed set": SEED_SET}, output=generator))
+    policy, all_pairs = THETA0, []
+    for t in range(1, r.rounds + 1):
+        key = partial(stage_key, t)
+        # X_t: prompts G writes (or, an ablation, a draw of the seed prompts)
+        if pg.enabled:
+            stages.append(Stage(key("prompts"), PromptWriting(
+                round=t, num_prompts=pg.num_prompts, corpus=r.data.corpus, sampling=pg.sampling,
+                max_prompt_chars=pg.max_prompt_chars, validate_prompts=pg.validate_prompts,
+                scorer=r.scorer if pg.validate_prompts else None,
+                decontaminate_similarity=pg.decontaminate_similarity, decontaminate_ngram=pg.decontaminate_ngram,
+                decontaminate_threshold=pg.decontaminate_threshold, eval_suites=r.eval.suites,
+                eval_data_dir=r.eval.data_dir, base=r.model, engine=r.engine_for("prompt_generator"), seed=r.seed),
+                {"generator": generator, "earlier": [stage_key(s, "prompts") for s in range(1, t)],
+                 "seed set": SEED_SET}, output=key("prompts.jsonl")))
+        else:
+            stages.append(Stage(key("prompts"), SeedPrompts(round=t, num_prompts=pg.num_prompts, seed=r.seed),
+                                {"seed set": SEED_SET}, output=key("prompts.jsonl")))
+        responses = Stage(key("responses"), Answering(
+            round=t, strategy=pairs.strategy, k=pairs.k if not synpo else None, policy_is_initial=policy == THETA0,
+            sampling=r.responses.sampling, base=r.model, engine=r.engine_for("responses"), seed=r.seed),
+            {"prompts": key("prompts"), "policy": policy, "initial": THETA0}, output=key("responses.jsonl"))
+        if synpo:
+            # I_t and R_t (θ0 itself refines when improver.trained is false, an ablation)
+            improver = THETA0
+            if imp.trained:
+                stages.append(Stage(key("improver_data"), ImproverData(
+                    round=t, gap=imp.gap, keep_below_gap=imp.keep_below_gap, seed_sampling=imp.seed_sampling,
+                    scorer=r.scorer, base=r.model, engine=r.engine_for("improver"), seed=r.seed),
+                    {"policy": policy, "seed set": SEED_SET}, output=key("improver_data.jsonl")))
+                improver = key("improver")
+                stages.append(Stage(improver, ImproverTraining(round=t, train=imp.train, base=r.model, seed=r.seed),
+                                    {"data": key("improver_data"), "model": THETA0}, output=improver))
+            # y_{t-1}, y_0; then ỹ <- R_t(X_t, y_{t-1})
+            stages.append(responses)
+            stages.append(Stage(key("refined"), Refinement(
+                round=t, sampling=imp.sampling, trained=imp.trained, base=r.model, engine=r.engine_for("improver"),
+                seed=r.seed), {"improver": improver, "responses": key("responses")}, output=key("refined.jsonl")))
+            reads = {"responses": key("responses"), "refined": key("refined")}
+            chosen = improver_name(t, imp.trained)
+        else:  # sampling_ranking: best vs worst of k samples of π_{t-1}
+            stages.append(responses)
+            reads, chosen = {"responses": key("responses")}, f"policy_{t - 1}"
+        # D <- D + this round's pairs
+        stages.append(Stage(key("pairs"), PairBuilding(round=t, pairs=pairs, scorer=r.scorer, chosen_model=chosen,
+                                                       seed=r.seed), reads, output=key("pairs.jsonl")))
+        all_pairs.append(key("pairs"))
+        # θ_t, from θ0 or θ_{t-1}
+        start = THETA0 if r.train.start == "initial" else policy
+        policy = key("policy")
+        stages.append(Stage(policy, PolicyTraining(round=t, train=r.train, base=r.model, seed=r.seed),
+                            {"pairs": list(all_pairs), "start": start}, output=policy))
+        stages += evaluations(r, t, policy)
+    return stages
+
+
+def source_fingerprints(recipe: Recipe, seed_ids: list[str]) -> dict[str, str]:
+    """What stages read that no stage makes: θ0 and the seed set."""
+    return {THETA0: fingerprint("θ0", recipe.model.model_dump(mode="json")),
+            SEED_SET: fingerprint("seed set", recipe.data.seed.model_dump(mode="json"), seed_ids)}
 
 
 class Loop:
-    """One run of the loop: the recipe, its run directory, and one method per stage."""
+    """One run of the loop: walks `run_stages(recipe)`, running each stage not finished under its
+    fingerprint, and after each round checks the drift monitors and writes the report."""
 
     def __init__(self, recipe: Recipe, run: Run, seed_rows: list[dict]):
         from synpo.scoring import make_scorer
-
-        self.recipe, self.run = recipe, run
-        self.theta0 = resolve_path(recipe.model.path)
-        self.theta0_fp = fingerprint(section(recipe, "model"))
-        self.seed_rows = seed_rows
-        self.seed_fp = fingerprint(section(recipe, "data.seed"), [r["id"] for r in self.seed_rows])
-        self.scorer = make_scorer(recipe.scorer, device=recipe.runtime.device, ray_address=recipe.engine.ray_address)
-        self.scorer_fp = fingerprint(section(recipe, "scorer"))
-        self.logs = run.dir / "logs"
-        self.synpo = recipe.pairs.strategy == "synpo"
         from synpo.tracking import LoopTracker, check_trackers
 
+        self.recipe, self.run, self.seed_rows = recipe, run, seed_rows
+        self.theta0 = resolve_path(recipe.model.path)
+        self.scorer = make_scorer(recipe.scorer, device=recipe.runtime.device, ray_address=recipe.engine.ray_address)
+        self.launch = Launch(isolate=recipe.runtime.isolate, threads=recipe.runtime.threads,
+                             report_to=tuple(recipe.logging.report_to))
         check_trackers(recipe.logging.report_to)
         self.tracker = LoopTracker(run.dir, recipe.logging.report_to)
+        self.stages = {s.key: s for s in run_stages(recipe)}
+        self.fingerprints = fingerprints(list(self.stages.values()),
+                                         source_fingerprints(recipe, [r["id"] for r in seed_rows]))
 
-    # ---- helpers ----
-    def stage_seed(self, name: str, t: int = 0) -> int:
-        return random.Random(f"{self.recipe.seed}:{name}:{t}").randrange(2**31)
+    def path(self, key: str) -> str | Path:
+        """Where a stage's artifact is (θ0: the recipe's model)."""
+        return self.theta0 if key == THETA0 else self.run.dir / self.stages[key].output
 
-    def round_dir(self, t: int) -> Path:
-        return self.run.round_dir(t)
+    def __call__(self) -> None:
+        stages = list(self.stages.values())
+        for i, stage in enumerate(stages):
+            self.run.stage(stage.key, self.fingerprints[stage.key], lambda work, s=stage: self.execute(s, work),
+                           outputs=[self.run.dir / stage.output])
+            t = stage.round
+            if t is not None and (i + 1 == len(stages) or stages[i + 1].round != t):
+                self.end_round(t)
 
-    # ---- once: the prompt generator G ----
-    def prompt_generator(self) -> tuple[Path, str]:
-        from synpo.stages.prompt_generator import generator_training_rows
-        from synpo.stages.train import sft_stage
+    def execute(self, stage: Stage, work: Path) -> dict:
+        """Run one stage: its function, given its inputs and the paths of what it reads and writes."""
+        from synpo.stages import evaluate, improver, pairs, policy, prompt_generator, responses
 
-        r = self.recipe
-        out = self.run.dir / "prompt_generator"
-        fp = fingerprint(self.theta0_fp, self.seed_fp, section(r, "seed", "prompt_generator.keywords",
-                                                               "prompt_generator.noise_keywords",
-                                                               "prompt_generator.train"))
+        i, reads, out = stage.inputs, stage.reads, self.run.dir / stage.output
+        logs = self.run.dir / "logs" / f"{stage.key.replace('/', '_')}.log"  # round_01_policy.log
+        match i:
+            case GeneratorTraining():
+                return prompt_generator.train_prompt_generator(
+                    i, self.theta0, self.seed_rows, self.run.dir / "prompt_generator_data.jsonl", out, work,
+                    self.launch, logs)
+            case PromptWriting():
+                from synpo.evals import eval_prompts
 
-        def work(tmp):
-            rng = random.Random(self.stage_seed("generator_data"))
-            rows = generator_training_rows(self.seed_rows, r.prompt_generator.keywords,
-                                           r.prompt_generator.noise_keywords, rng)
-            from synpo.io import write_jsonl
+                return prompt_generator.write_prompts(
+                    i, self.path(reads["generator"]), [self.path(k) for k in reads["earlier"]],
+                    eval_prompts(i.eval_suites, i.eval_data_dir), [r["prompt"] for r in self.seed_rows], out, work,
+                    self.scorer)
+            case SeedPrompts():
+                return prompt_generator.draw_seed_prompts(i, self.seed_rows, out)
+            case ImproverData():
+                try:
+                    return improver.improver_data(i, str(self.path(reads["policy"])), self.seed_rows, out, work,
+                                                  self.scorer)
+                finally:
+                    self.scorer.close()  # a reward model's GPU memory goes back before the next stage's engine
+            case ImproverTraining():
+                return improver.train_improver(i, self.theta0, self.path(reads["data"]), out, work, self.launch, logs)
+            case Answering():
+                return responses.generate_responses(i, str(self.path(reads["policy"])), self.theta0,
+                                                    self.path(reads["prompts"]), out, work)
+            case Refinement():
+                return improver.refine(i, str(self.path(reads["improver"])), self.path(reads["responses"]), out, work)
+            case PairBuilding():
+                refined = self.path(reads["refined"]) if "refined" in reads else None
+                try:
+                    return pairs.build_pairs(i, self.path(reads["responses"]), refined, out, self.scorer)
+                finally:
+                    self.scorer.close()
+            case PolicyTraining():
+                return policy.train_policy(i, str(self.path(reads["start"])), [self.path(k) for k in reads["pairs"]],
+                                           self.run.dir / "dataset", out, work, self.launch, logs)
+            case Evaluation():
+                metrics = evaluate.evaluate_suite(i, str(self.path(reads["model"])), out.parent, work)
+                return {k: round(v, 4) for k, v in evaluate.headline(i.suite, metrics).items() if isinstance(v, float)}
+        raise TypeError(f"{stage.key}: no stage function for {type(i).__name__}")
 
-            write_jsonl(self.run.dir / "prompt_generator_data.jsonl", rows)
-            return sft_stage(r, r.prompt_generator.train, rows, out, tmp, self.stage_seed("generator"),
-                             self.logs / "prompt_generator.log")
-
-        self.run.stage("prompt_generator", fp, work, outputs=[out])
-        return out, fp
-
-    # ---- round t ----
-    def prompts(self, t: int, generator: Path, generator_fp: str) -> tuple[Path, str]:
-        from synpo.evals.suites import eval_prompts
-        from synpo.stages.prompt_generator import generate_prompts
-
-        r = self.recipe
-        out = self.round_dir(t) / "prompts.jsonl"
-        if not r.prompt_generator.enabled:  # ablation: the seed prompts instead of G's
-            from synpo.stages.prompt_generator import seed_prompts
-
-            fp = fingerprint("seed prompts", self.seed_fp, section(r, "seed", "prompt_generator.num_prompts"))
-            self.run.stage(f"round_{t:02d}/prompts", fp, lambda work: seed_prompts(r, self.seed_rows, t, out),
-                           outputs=[out])
-            return out, fp
-        earlier = [self.round_dir(s) / "prompts.jsonl" for s in range(1, t)]
-        earlier_fps = [self.run.fingerprint_of(f"round_{s:02d}/prompts") for s in range(1, t)]
-        fp = fingerprint(generator_fp, earlier_fps, self.seed_fp, self.scorer_fp,
-                         section(r, "seed", "data.corpus", "prompt_generator.num_prompts",
-                                 "prompt_generator.sampling", "prompt_generator.max_prompt_chars",
-                                 "prompt_generator.validate_prompts", "prompt_generator.decontaminate_ngram",
-                                 "prompt_generator.decontaminate_similarity",
-                                 "prompt_generator.decontaminate_threshold", "eval.suites"))
-        self.run.stage(f"round_{t:02d}/prompts", fp, lambda work: generate_prompts(
-            r, generator, t, out, earlier, eval_prompts(r), [x["prompt"] for x in self.seed_rows], work,
-            self.scorer), outputs=[out])
-        return out, fp
-
-    def improver(self, t: int, policy: str, policy_fp: str) -> tuple[Path, str]:
-        from synpo.io import read_jsonl
-        from synpo.stages.improver import improver_data, improver_sft_rows
-        from synpo.stages.train import sft_stage
-
-        r = self.recipe
-        if not r.improver.trained:  # ablation: θ0 itself, prompted with the improver template
-            return Path(self.theta0), fingerprint(self.theta0_fp, "θ0 as the improver")
-        data = self.round_dir(t) / "improver_data.jsonl"
-        data_fp = fingerprint(policy_fp, self.seed_fp, self.scorer_fp,
-                              section(r, "seed", "improver.gap", "improver.keep_below_gap",
-                                      "improver.seed_sampling"))
-        self.run.stage(f"round_{t:02d}/improver_data", data_fp,
-                       lambda work: improver_data(r, t, policy, self.seed_rows, data, work, self.scorer),
-                       outputs=[data])
-        self.scorer.close()  # a reward model's GPU memory goes back before the next stage's engine starts
-        out = self.round_dir(t) / "improver"
-        fp = fingerprint(data_fp, self.theta0_fp, section(r, "improver.train"))
-        self.run.stage(f"round_{t:02d}/improver", fp, lambda work: sft_stage(
-            r, r.improver.train, improver_sft_rows(read_jsonl(data)), out, work, self.stage_seed("improver", t),
-            self.logs / f"round_{t:02d}_improver.log"), outputs=[out])
-        return out, fp
-
-    def responses(self, t: int, prompts: Path, prompts_fp: str, policy: str, policy_fp: str) -> tuple[Path, str]:
-        from synpo.stages.responses import generate_responses
-
-        r = self.recipe
-        out = self.round_dir(t) / "responses.jsonl"
-        fp = fingerprint(prompts_fp, policy_fp, self.theta0_fp,
-                         section(r, "seed", "responses", "pairs.strategy", "pairs.k"))
-        self.run.stage(f"round_{t:02d}/responses", fp,
-                       lambda work: generate_responses(r, t, policy, self.theta0, prompts, out, work),
-                       outputs=[out])
-        return out, fp
-
-    def refine(self, t: int, improver: Path, improver_fp: str, responses: Path, responses_fp: str):
-        from synpo.stages.improver import refine
-
-        out = self.round_dir(t) / "refined.jsonl"
-        fp = fingerprint(improver_fp, responses_fp, section(self.recipe, "seed", "improver.sampling"))
-        self.run.stage(f"round_{t:02d}/refined", fp,
-                       lambda work: refine(self.recipe, t, improver, responses, out, work), outputs=[out])
-        return out, fp
-
-    def pairs(self, t: int, responses: Path, refined: Path | None, input_fps: list[str]) -> tuple[Path, str]:
-        from synpo.stages.pairs import build_pairs
-
-        out = self.round_dir(t) / "pairs.jsonl"
-        fp = fingerprint(input_fps, self.scorer_fp, section(self.recipe, "seed", "pairs"))
-        self.run.stage(f"round_{t:02d}/pairs", fp,
-                       lambda work: build_pairs(self.recipe, t, responses, refined, out, self.scorer),
-                       outputs=[out])
-        self.scorer.close()
-        return out, fp
-
-    def policy(self, t: int, pairs_fps: list[str], previous: str, previous_fp: str) -> tuple[str, str]:
-        from synpo.stages.pairs import write_dataset
-        from synpo.stages.train import policy_stage
-
-        r = self.recipe
-        out = self.round_dir(t) / "policy"
-        start, start_fp = (self.theta0, self.theta0_fp) if r.train.start == "initial" else (previous, previous_fp)
-        fp = fingerprint(pairs_fps, start_fp, section(r, "seed", "train"))
-
-        def work(tmp):
-            n = write_dataset([self.round_dir(s) / "pairs.jsonl" for s in range(1, t + 1)], self.run.dir / "dataset")
-            if n == 0:
-                raise UserError(f"round {t}: D has no pairs to train on; lower pairs.gap or raise "
-                                "prompt_generator.num_prompts")
-            return {"pairs": n, "start": start,  # θ0 or θ_{t-1}: recorded in state.json
-                    **policy_stage(r, self.run.dir / "dataset" / "pairs.jsonl", start, out, tmp,
-                                    self.stage_seed("policy", t), self.logs / f"round_{t:02d}_policy.log")}
-
-        self.run.stage(f"round_{t:02d}/policy", fp, work, outputs=[out])
-        return str(out), fp
-
-    def evaluate(self, t: int, model: str, model_fp: str) -> None:
-        from synpo.stages.evaluate import evaluate_suite, headline, metrics_table, rebuild_metrics
-
-        r = self.recipe
-        for suite in r.eval.suites:
-            out = self.round_dir(t) / "eval" / suite
-            fp = fingerprint(model_fp, suite, section(r, "seed", "eval"))
-            self.run.stage(f"round_{t:02d}/eval/{suite}", fp,
-                           lambda work, s=suite, o=out: {k: round(v, 4) for k, v in headline(
-                               s, evaluate_suite(r, s, model, o, work)).items() if isinstance(v, float)},
-                           outputs=[out / "metrics.json"])
-        rows = rebuild_metrics(self.run.dir, r.rounds, r.eval.suites)
+    def end_round(self, t: int) -> None:
         from synpo.progress import quiet, results
+        from synpo.stages.evaluate import metrics_table, rebuild_metrics
 
+        rows = rebuild_metrics(self.run.dir, self.recipe.rounds, self.recipe.eval.suites)
         if not quiet():
             results.print(metrics_table(rows))
+        self.monitor(t)
+        if t > 0:
+            self.report()
 
     def monitor(self, t: int) -> None:
         """Round t's drift figures: written to round_XX/drift.json, sent to the trackers with the round's
@@ -226,7 +226,7 @@ class Loop:
         from synpo.monitors import STOP_FILE, crossed, drift, scalars
         from synpo.stages.evaluate import headline
 
-        r, d = self.recipe, self.round_dir(t)
+        r, d = self.recipe, self.run.round_dir(t)
         figures = drift(self.run.dir, t, r.eval.suites)
         write_json(d / "drift.json", figures)
         values = scalars(figures)
@@ -234,7 +234,7 @@ class Loop:
             metrics = d / "eval" / suite / "metrics.json"
             if metrics.exists():
                 values.update({f"{suite}/{k}": v for k, v in headline(suite, read_json(metrics)).items()})
-        records = {k[9:]: v for k, v in self.run.state["stages"].items() if k.startswith(f"round_{t:02d}/")}
+        records = {k[9:]: v for k, v in self.run.state["stages"].items() if k.startswith(f"{round_name(t)}/")}
         for stage, record in records.items():
             values[f"seconds/{stage}"] = record["summary"].get("seconds")
             for key in ("kept", "pairs"):
@@ -257,30 +257,6 @@ class Loop:
         from synpo.report import write_report
 
         write_report(self.run.dir)
-
-    # ---- Algorithm 1 ----
-    def __call__(self) -> None:
-        r = self.recipe
-        self.evaluate(0, self.theta0, self.theta0_fp)
-        self.monitor(0)
-        generator, generator_fp = self.prompt_generator() if r.prompt_generator.enabled else (None, "")
-        policy, policy_fp = self.theta0, self.theta0_fp
-        pairs_fps: list[str] = []
-        for t in range(1, r.rounds + 1):
-            prompts, prompts_fp = self.prompts(t, generator, generator_fp)
-            if self.synpo:
-                improver, improver_fp = self.improver(t, policy, policy_fp)
-                responses, responses_fp = self.responses(t, prompts, prompts_fp, policy, policy_fp)
-                refined, refined_fp = self.refine(t, improver, improver_fp, responses, responses_fp)
-                pairs, pairs_fp = self.pairs(t, responses, refined, [responses_fp, refined_fp])
-            else:  # sampling_ranking: best vs worst of k samples of π_{t-1}
-                responses, responses_fp = self.responses(t, prompts, prompts_fp, policy, policy_fp)
-                pairs, pairs_fp = self.pairs(t, responses, None, [responses_fp])
-            pairs_fps.append(pairs_fp)
-            policy, policy_fp = self.policy(t, pairs_fps, policy, policy_fp)
-            self.evaluate(t, policy, policy_fp)
-            self.monitor(t)
-            self.report()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from synpo.io import read_json, read_jsonl
 from synpo.recipe import MonitorsConfig
+from synpo.run import round_name
 
 HEADLINE = {"toy": "exact_match", "alpaca_eval": "lc_win_rate", "arena_hard": "win_rate", "mt_bench": "score"}
 STOP_FILE = "monitors_stop.json"
@@ -45,7 +46,7 @@ def _answer_stats(answers: list[str]) -> dict:
 
 
 def _headline(run_dir: Path, t: int, suite: str) -> dict:
-    path = run_dir / f"round_{t:02d}" / "eval" / suite / "metrics.json"
+    path = run_dir / round_name(t) / "eval" / suite / "metrics.json"
     if not path.exists():
         return {}
     from synpo.stages.evaluate import headline
@@ -57,7 +58,7 @@ def drift(run_dir: Path, t: int, suites: list[str]) -> dict:
     """Round t's drift figures (see the module docstring)."""
     out: dict = {"round": t, "suites": {}}
     for suite in suites:
-        answers = suite_answers(run_dir / f"round_{t:02d}" / "eval" / suite, suite)
+        answers = suite_answers(run_dir / round_name(t) / "eval" / suite, suite)
         if answers is None:
             continue
         entry = _answer_stats(answers)
@@ -72,8 +73,8 @@ def drift(run_dir: Path, t: int, suites: list[str]) -> dict:
         if now.get("lc_win_rate") is not None and now.get("win_rate") is not None:
             entry["lc_wr_gap"] = round(now["lc_win_rate"] - now["win_rate"], 2)
         out["suites"][suite] = entry
-    pairs = [p for s in range(1, t + 1) if (run_dir / f"round_{s:02d}" / "pairs.jsonl").exists()
-             for p in read_jsonl(run_dir / f"round_{s:02d}" / "pairs.jsonl")]
+    pairs = [p for s in range(1, t + 1) if (run_dir / round_name(s) / "pairs.jsonl").exists()
+             for p in read_jsonl(run_dir / round_name(s) / "pairs.jsonl")]
     if pairs:
         chosen = sum(len(p["chosen"][-1]["content"]) for p in pairs) / len(pairs)
         rejected = sum(len(p["rejected"][-1]["content"]) for p in pairs) / len(pairs)

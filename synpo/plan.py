@@ -604,7 +604,6 @@ def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
         scorer_arch.classifier = True
     seed_rows, seed_prompt_tokens = count_seed(r)
     steps: list[Step] = []
-    synpo = r.pairs.strategy == "synpo"
 
     def engine_label(stage: str) -> str:
         e = r.engine_for(stage)
@@ -658,45 +657,68 @@ def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
         steps.append(Step(t, stage, model, label, f"{_fmt(count)} pairs" if count is not None else "? pairs",
                           _fmt(None if count is None else 2 * count * r.scorer.max_length, "≤"), memory, load))
 
-    def evaluate(t, model):
-        for suite in r.eval.suites:
-            if suite == "toy":
-                from synpo.toy import DATA
+    from synpo.iterate import run_stages
+    from synpo.run import THETA0, round_of
+    from synpo.stages.evaluate import Evaluation
+    from synpo.stages.improver import ImproverData, ImproverTraining, Refinement
+    from synpo.stages.pairs import PairBuilding
+    from synpo.stages.policy import PolicyTraining
+    from synpo.stages.prompt_generator import GeneratorTraining, PromptWriting, SeedPrompts
+    from synpo.stages.responses import Answering
 
-                size = len((DATA / "benchmark.jsonl").read_text().splitlines())
-            else:
-                size = EVAL_SIZES[suite]
-            size = min(size, r.eval.limit) if r.eval.limit else size
-            gen(t, f"eval {suite}", model, "eval", size, 256, r.eval.sampling)
+    def name(key: str) -> str:
+        """A model's name in the table: θ0, G, R_t or θ_t."""
+        t = round_of(key)
+        return {THETA0: "θ0", "prompt_generator": "G"}.get(key) or (f"R{t}" if key.endswith("improver") else f"θ{t}")
 
-    pg, imp, resp = r.prompt_generator, r.improver, r.responses
+    pg, imp = r.prompt_generator, r.improver
     question_tokens = 60  # the question-generation template with three keywords
     improver_tokens = seed_prompt_tokens + imp.seed_sampling.max_new_tokens + 40
-    evaluate("0", "θ0")
-    train("once", "prompt generator G", "θ0 → G", pg.train, seed_rows)
-    for t in range(1, r.rounds + 1):
-        prev = "θ0" if t == 1 else f"θ{t - 1}"
-        T = str(t)
-        gen(T, "prompts", "G", "prompt_generator", pg.num_prompts, question_tokens, pg.sampling)
-        if synpo:
-            gen(T, "π_{t-1} on seed", prev, "improver", seed_rows, seed_prompt_tokens, imp.seed_sampling)
-            score(T, "improver data: score", seed_rows, seed_prompt_tokens + imp.seed_sampling.max_new_tokens)
-            train(T, "improver R_t", f"θ0 → R{t}", imp.train, seed_rows)
-            count = pg.num_prompts * (1 if t == 1 else 2)
-            gen(T, "responses (π_0" + (")" if t == 1 else ", π_{t-1})"), "θ0" if t == 1 else f"θ0, {prev}",
-                "responses", count, pg.sampling.max_new_tokens, resp.sampling)
-            lora = imp.train.lora.r if imp.train.adapter == "lora" else None
-            gen(T, "refine", f"R{t}", "improver", pg.num_prompts, pg.sampling.max_new_tokens + improver_tokens,
-                imp.sampling, lora=lora)
-            score(T, "pairs: score", pg.num_prompts, pg.sampling.max_new_tokens + imp.sampling.max_new_tokens)
-        else:
-            gen(T, f"responses (π_{{t-1}} x{r.pairs.k})", prev, "responses", pg.num_prompts,
-                pg.sampling.max_new_tokens, resp.sampling, n=r.pairs.k)
-            score(T, "pairs: rank", pg.num_prompts * r.pairs.k,
-                  pg.sampling.max_new_tokens + resp.sampling.max_new_tokens, sides=1)  # each sample scored once
-        start = "θ0" if r.train.start == "initial" else prev
-        train(T, "policy θ_t", f"{start} → θ{t}", r.train, t * r.pairs.per_round, preference=True)
-        evaluate(T, f"θ{t}")
+    for stage in run_stages(r):
+        i, reads, t = stage.inputs, stage.reads, stage.round
+        T = str(t) if t is not None else "once"
+        match i:
+            case Evaluation():
+                if i.suite == "toy":
+                    from synpo.toy import DATA
+
+                    size = len((DATA / "benchmark.jsonl").read_text().splitlines())
+                else:
+                    size = EVAL_SIZES[i.suite]
+                size = min(size, i.limit) if i.limit else size
+                gen(T, f"eval {i.suite}", name(reads["model"]), "eval", size, 256, i.sampling)
+            case GeneratorTraining():
+                train(T, "prompt generator G", "θ0 → G", i.train, seed_rows)
+            case PromptWriting():
+                gen(T, "prompts", "G", "prompt_generator", i.num_prompts, question_tokens, i.sampling)
+            case SeedPrompts():
+                pass  # a draw of the seed prompts: no model runs
+            case ImproverData():
+                gen(T, "π_{t-1} on seed", name(reads["policy"]), "improver", seed_rows, seed_prompt_tokens,
+                    i.seed_sampling)
+                score(T, "improver data: score", seed_rows, seed_prompt_tokens + i.seed_sampling.max_new_tokens)
+            case ImproverTraining():
+                train(T, "improver R_t", f"θ0 → R{t}", i.train, seed_rows)
+            case Answering() if i.strategy == "sampling_ranking":
+                gen(T, f"responses (π_{{t-1}} x{i.k})", name(reads["policy"]), "responses", pg.num_prompts,
+                    pg.sampling.max_new_tokens, i.sampling, n=i.k)
+            case Answering():
+                sets = 1 if i.policy_is_initial else 2  # π_0's answers serve as π_{t-1}'s in round 1
+                models = "θ0" if i.policy_is_initial else f"θ0, {name(reads['policy'])}"
+                gen(T, "responses (π_0" + (")" if sets == 1 else ", π_{t-1})"), models, "responses",
+                    pg.num_prompts * sets, pg.sampling.max_new_tokens, i.sampling)
+            case Refinement():
+                lora = imp.train.lora.r if i.trained and imp.train.adapter == "lora" else None
+                gen(T, "refine", name(reads["improver"]), "improver", pg.num_prompts,
+                    pg.sampling.max_new_tokens + improver_tokens, i.sampling, lora=lora)
+            case PairBuilding() if i.pairs.strategy == "sampling_ranking":
+                score(T, "pairs: rank", pg.num_prompts * i.pairs.k,
+                      pg.sampling.max_new_tokens + r.responses.sampling.max_new_tokens, sides=1)  # each sample once
+            case PairBuilding():
+                score(T, "pairs: score", pg.num_prompts, pg.sampling.max_new_tokens + imp.sampling.max_new_tokens)
+            case PolicyTraining():
+                train(T, "policy θ_t", f"{name(reads['start'])} → θ{t}", i.train, t * r.pairs.per_round,
+                      preference=True)
     info = {"theta0": theta0, "scorer": scorer_arch, "seed_rows": seed_rows}
     return steps, info
 

@@ -458,6 +458,30 @@ class Recipe(Section):
         return own if own is not None else self.engine
 
 
+# ---- what no stage's fingerprint holds ----------------------------------------------------
+
+# A stage's fingerprint is a hash of its typed inputs (synpo.run.stage_fingerprint); these fields
+# are left out of it because they decide where, how fast or whether work runs, not what a stage
+# writes. Change one and rerun: finished stages are kept (a run moves to another number of GPUs,
+# gets a raised monitor limit, or logs to a new tracker without redoing anything).
+# tests/test_fingerprints.py checks that every other field of the schema reaches a fingerprint.
+NOT_FINGERPRINTED: dict[str, set[str]] = {  # section class -> its fields
+    # how many rounds (a later round adds stages, never changes one); the monitors, checked after
+    # each round (a raised limit resumes)
+    "Recipe": {"rounds", "monitors"},
+    # placement and transport: how many engines, which cluster, how much memory, how requests travel
+    "EngineConfig": {"data_parallel_size", "ray_address", "gpu_memory_utilization", "concurrency",
+                     "max_retries", "timeout", "retry_backoff", "api_key_env"},
+    "ScorerConfig": {"data_parallel_size"},
+    # resumable checkpoints of a training job
+    "TrainConfig": {"checkpoint_steps"},
+    # raising the tolerance of failed judgments lets a stopped suite finish with its cached verdicts
+    "EvalConfig": {"max_failed_judgments"},
+    "RuntimeConfig": {"device", "threads", "isolate"},
+    "LoggingConfig": {"report_to"},
+}
+
+
 # ---- loading --------------------------------------------------------------------------
 
 

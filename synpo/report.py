@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from synpo.io import read_json, read_jsonl, write_text
+from synpo.run import round_name
 
 EXAMPLES_PER_ROUND = 2
 EXAMPLE_CHARS = 600
@@ -46,12 +47,12 @@ def collect(run_dir: Path) -> dict:
     suites: dict[str, dict[int, dict]] = {}
     for r in rows:
         suites.setdefault(r["suite"], {})[r["round"]] = r["metrics"]
-    full = {s: {t: _json(run_dir / f"round_{t:02d}" / "eval" / s / "metrics.json") or {} for t in by_round}
+    full = {s: {t: _json(run_dir / round_name(t) / "eval" / s / "metrics.json") or {} for t in by_round}
             for s, by_round in suites.items()}
     state = _json(run_dir / "state.json") or {"stages": {}}
     data = []
     for t in _rounds(run_dir):
-        d = run_dir / f"round_{t:02d}"
+        d = run_dir / round_name(t)
         summary = lambda stage, d=d: state["stages"].get(f"{d.name}/{stage}", {}).get("summary")  # noqa: B023
         entry = {"round": t, "prompts": _json(d / "prompts_stats.json"), "pairs": _json(d / "pairs_stats.json"),
                  "improver": summary("improver_data"), "refined": summary("refined"), "examples": []}
@@ -66,7 +67,7 @@ def collect(run_dir: Path) -> dict:
 
         recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
     return {"name": run_dir.name, "recipe": recipe, "suites": suites, "full": full, "data": data,
-            "stages": state["stages"], "drift": [_json(run_dir / f"round_{t:02d}" / "drift.json")
+            "stages": state["stages"], "drift": [_json(run_dir / round_name(t) / "drift.json")
                                                  for t in _rounds(run_dir)],
             "stopped": _json(run_dir / "monitors_stop.json")}
 

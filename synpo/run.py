@@ -1,7 +1,10 @@
-"""The run directory: stage records, fingerprints and resume.
+"""The run directory: its layout, stage records, fingerprints, seeds and resume.
 
-`state.json` lists finished stages in order, each with the fingerprint it ran under (a hash
-of the recipe sections it read and of the fingerprints of the stages it read from) and a
+A stage (`Stage`) is a key (its name in state.json and its place in the run directory), typed
+inputs (what it reads from the recipe) and the upstream stages whose artifacts it reads. Its
+fingerprint is a hash of exactly those inputs, less the fields that decide only where or how
+fast work runs (`synpo.recipe.NOT_FINGERPRINTED`), and of its upstream stages' fingerprints.
+`state.json` lists finished stages in order, each with the fingerprint it ran under and a
 short summary. `Run.stage(...)` skips a stage whose record matches, re-runs one whose inputs
 changed (and says so), and gives each stage a work directory that survives a kill, so a
 half-done stage picks up from its last finished shard. A work directory written under
@@ -13,10 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from synpo.errors import UserError
 from synpo.io import read_json, write_json, write_text
@@ -26,6 +33,80 @@ from synpo.progress import log
 def fingerprint(*parts) -> str:
     blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stage_seed(seed: int, *names) -> int:
+    """The one seed rule: every sampling and training seed is derived from the recipe's seed and the
+    names of what draws it (a stage key, then a stream within the stage), never by arithmetic on
+    the seed (seed + t and seed * 1000 + t collide across stages)."""
+    return random.Random(":".join(map(str, (seed, *names)))).randrange(2**31)
+
+
+# ---- layout: where each stage's artifact lives ------------------------------------------
+
+THETA0, SEED_SET = "θ0", "seed set"  # sources: read by stages, produced by none
+
+
+def round_name(t: int) -> str:
+    return f"round_{t:02d}"
+
+
+def stage_key(t: int | None, name: str) -> str:
+    """`round_03/pairs`, or `prompt_generator` for a stage that runs once."""
+    return name if t is None else f"{round_name(t)}/{name}"
+
+
+def round_of(key: str) -> int | None:
+    head = key.split("/")[0]
+    return int(head[6:]) if head.startswith("round_") else None
+
+
+@dataclass(frozen=True)
+class Stage:
+    key: str
+    inputs: BaseModel
+    """Everything the stage reads besides upstream artifacts (typed: one of the stages' input classes)."""
+    reads: dict = field(default_factory=dict)
+    """Upstream artifacts by role: a stage key, THETA0 or SEED_SET, or a list of stage keys."""
+    output: str = ""
+    """Its artifact, relative to the run directory (a file or a directory)."""
+
+    @property
+    def round(self) -> int | None:
+        return round_of(self.key)
+
+
+def fingerprint_view(value):
+    """`value` as plain data for a fingerprint: sections without their NOT_FINGERPRINTED fields."""
+    from synpo.recipe import NOT_FINGERPRINTED
+
+    if isinstance(value, BaseModel):
+        skip = set().union(*(NOT_FINGERPRINTED.get(c.__name__, set()) for c in type(value).__mro__))
+        return {type(value).__name__: {k: fingerprint_view(getattr(value, k))
+                                       for k in type(value).model_fields if k not in skip}}
+    if isinstance(value, list | tuple):
+        return [fingerprint_view(v) for v in value]
+    if isinstance(value, dict):
+        return {k: fingerprint_view(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def stage_fingerprint(stage: Stage, fingerprints: dict[str, str]) -> str:
+    """A hash of the stage's inputs and of the fingerprints of what it reads (`fingerprints` holds the
+    sources' and every earlier stage's)."""
+    upstream = {role: [fingerprints[k] for k in key] if isinstance(key, list) else fingerprints[key]
+                for role, key in stage.reads.items()}
+    return fingerprint(stage.key, fingerprint_view(stage.inputs), upstream)
+
+
+def fingerprints(stages: list[Stage], sources: dict[str, str]) -> dict[str, str]:
+    """Every stage's fingerprint, walking the stages in order from the sources' (θ0, the seed set)."""
+    out = dict(sources)
+    for stage in stages:
+        out[stage.key] = stage_fingerprint(stage, out)
+    return out
 
 
 class Run:
@@ -50,7 +131,7 @@ class Run:
 
     # ---- paths ----
     def round_dir(self, t: int) -> Path:
-        return self.dir / f"round_{t:02d}"
+        return self.dir / round_name(t)
 
     def work_dir(self, key: str) -> Path:
         return self.dir / ".work" / key.replace("/", "__")

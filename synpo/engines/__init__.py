@@ -7,9 +7,10 @@ from pathlib import Path
 
 from synpo.engines.base import Completion, Engine, Request, Sampling, generate_sharded
 from synpo.models import chat_template_text
-from synpo.recipe import EngineConfig
+from synpo.recipe import EngineConfig, ModelConfig, SamplingConfig
 
-__all__ = ["Completion", "Engine", "Request", "Sampling", "generate_sharded", "make_engine", "model_ref"]
+__all__ = ["Completion", "Engine", "Request", "Sampling", "generate", "generate_sharded", "make_engine", "model_ref",
+           "sampling_of"]
 
 
 def model_ref(path: str | Path) -> tuple[str, str | None]:
@@ -45,3 +46,25 @@ def make_engine(cfg: EngineConfig, model: str | Path, *, dtype: str = "auto", tr
     from synpo.engines.openai import OpenAIEngine
 
     return OpenAIEngine(cfg, model=str(model))
+
+
+def engine_for(base: ModelConfig, cfg: EngineConfig, model: str | Path, seed: int = 0) -> Engine:
+    """The engine serving `model` (θ0, or a directory synpo trained from it) with θ0's settings."""
+    return make_engine(cfg, model, dtype=base.dtype, trust_remote_code=base.trust_remote_code, seed=seed,
+                       chat_template=base.chat_template)
+
+
+def sampling_of(cfg: SamplingConfig, seed: int, n: int = 1, stop: list[str] | None = None) -> Sampling:
+    return Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, n=n, seed=seed,
+                    stop=list(stop or []))
+
+
+def generate(model: str | Path, requests: list[Request], sampling: Sampling, *, base: ModelConfig,
+             engine: EngineConfig, shard_dir: Path, desc: str) -> list[Completion]:
+    """A stage's generation: start the engine, answer every request shard by shard, close it (its GPU
+    memory goes back before the next stage starts)."""
+    running = engine_for(base, engine, model, seed=sampling.seed)
+    try:
+        return generate_sharded(running, requests, sampling, shard_dir, shard_size=engine.shard_size, desc=desc)
+    finally:
+        running.close()

@@ -5,31 +5,47 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from synpo.engines import make_engine
+from pydantic import BaseModel, ConfigDict
+
+from synpo.engines import engine_for, sampling_of
 from synpo.io import read_json, write_json, write_jsonl
-from synpo.recipe import Recipe
+from synpo.recipe import EngineConfig, EvalConfig, ModelConfig, SamplingConfig
+from synpo.run import round_name
 
 
-def evaluate_suite(recipe: Recipe, suite: str, model: str, out_dir: Path, work: Path) -> dict:
+class Evaluation(BaseModel):
+    """One suite on one model."""
+
+    model_config = ConfigDict(frozen=True)
+    suite: str
+    limit: int | None
+    sampling: SamplingConfig
+    judged: EvalConfig | None
+    """alpaca_eval / arena_hard / mt_bench: the eval section, naming this suite only (None for toy)."""
+    model_name: str
+    """The evaluated model's name in a judged suite's output files, e.g. `tiny-cpu-round_02`."""
+    base: ModelConfig
+    engine: EngineConfig
+    seed: int
+
+
+def evaluate_suite(inputs: Evaluation, model: str, out_dir: Path, work: Path) -> dict:
     """Run one suite on `model`; writes out_dir/metrics.json and the per-item outputs."""
-    engine = make_engine(recipe.engine_for("eval"), model, dtype=recipe.model.dtype,
-                         trust_remote_code=recipe.model.trust_remote_code, seed=recipe.seed,
-                         chat_template=recipe.model.chat_template)
+    engine = engine_for(inputs.base, inputs.engine, model, seed=inputs.seed)
     try:
-        if suite == "toy":
-            from synpo.engines.base import Sampling
+        if inputs.suite == "toy":
             from synpo.evals import toy
 
-            rows = toy.load_benchmark(limit=recipe.eval.limit, seed=recipe.seed)
-            s = recipe.eval.sampling
-            metrics, outputs = toy.evaluate(engine, rows, Sampling(temperature=s.temperature, top_p=s.top_p,
-                                                                   max_new_tokens=s.max_new_tokens,
-                                                                   seed=recipe.seed), shard_dir=work / suite)
+            rows = toy.load_benchmark(limit=inputs.limit, seed=inputs.seed)
+            metrics, outputs = toy.evaluate(engine, rows, sampling_of(inputs.sampling, inputs.seed),
+                                            shard_dir=work / inputs.suite)
             write_jsonl(out_dir / "outputs.jsonl", outputs)
         else:
-            from synpo.evals.suites import run_suite
+            from synpo.evals import SuiteInputs, run_suite
 
-            metrics = run_suite(suite, recipe, engine, out_dir, work / suite)
+            suite_inputs = SuiteInputs(eval=inputs.judged, engine=inputs.engine, seed=inputs.seed,
+                                       model_name=inputs.model_name)
+            metrics = run_suite(inputs.suite, suite_inputs, engine, out_dir, work / inputs.suite)
     finally:
         engine.close()
     write_json(out_dir / "metrics.json", metrics)
@@ -49,7 +65,7 @@ def rebuild_metrics(run_dir: Path, rounds: int, suites: list[str]) -> list[dict]
     rows = []
     for t in range(rounds + 1):
         for suite in suites:
-            path = run_dir / f"round_{t:02d}" / "eval" / suite / "metrics.json"
+            path = run_dir / round_name(t) / "eval" / suite / "metrics.json"
             if path.exists():
                 rows.append({"round": t, "suite": suite, "metrics": headline(suite, read_json(path))})
     write_jsonl(run_dir / "metrics.jsonl", rows)

@@ -13,44 +13,75 @@ import math
 import random
 from pathlib import Path
 
-from synpo.engines import Request, Sampling, generate_sharded, make_engine
+from pydantic import BaseModel, ConfigDict
+
+from synpo.engines import Request, generate, sampling_of
+from synpo.errors import UserError
 from synpo.io import read_jsonl, write_jsonl
-from synpo.recipe import Recipe, SamplingConfig
+from synpo.recipe import EngineConfig, ModelConfig, SamplingConfig, ScorerConfig, TrainConfig
+from synpo.run import stage_seed
 from synpo.scoring import finite_mean, score_gaps
+from synpo.stages import Launch, train
 from synpo.templates import render
 
 
-def sampling_of(cfg: SamplingConfig, seed: int, n: int = 1) -> Sampling:
-    return Sampling(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, n=n, seed=seed)
+class ImproverData(BaseModel):
+    """Step 1: I_t, the seed rows whose gold answer beats π_{t-1}'s by more than τ."""
+
+    model_config = ConfigDict(frozen=True)
+    round: int
+    gap: float
+    keep_below_gap: float
+    seed_sampling: SamplingConfig
+    scorer: ScorerConfig
+    base: ModelConfig
+    engine: EngineConfig
+    seed: int
+
+
+class ImproverTraining(BaseModel):
+    """Step 2: R_t <- SFT(θ0, (x*, y_{t-1}) -> y*)."""
+
+    model_config = ConfigDict(frozen=True)
+    round: int
+    train: TrainConfig
+    base: ModelConfig
+    seed: int
+
+
+class Refinement(BaseModel):
+    """Step 4: ỹ ~ R_t(x, y_{t-1}) on this round's prompts (θ0 itself when `trained` is false)."""
+
+    model_config = ConfigDict(frozen=True)
+    round: int
+    sampling: SamplingConfig
+    trained: bool
+    base: ModelConfig
+    engine: EngineConfig
+    seed: int
 
 
 def improver_messages(prompt: str, draft: str) -> list[dict]:
     return [{"role": "user", "content": render("improver", prompt=prompt, response=draft)}]
 
 
-def improver_data(recipe: Recipe, t: int, policy: str, seed_rows: list[dict], out: Path, work: Path, scorer) -> dict:
+def improver_data(inputs: ImproverData, policy: str, seed_rows: list[dict], out: Path, work: Path, scorer) -> dict:
     """Step 1: improver_data.jsonl of (prompt, draft y_{t-1}, target y*) rows over the gap."""
-    engine_cfg = recipe.engine_for("improver")
-    engine = make_engine(engine_cfg, policy, dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code,
-                         seed=recipe.seed, chat_template=recipe.model.chat_template)
+    t = inputs.round
     requests = [Request(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in seed_rows]
-    try:
-        completions = generate_sharded(engine, requests, sampling_of(recipe.improver.seed_sampling, recipe.seed + t),
-                                       work / "shards", shard_size=engine_cfg.shard_size,
-                                       desc=f"round {t}: π_{t - 1} on seed")
-    finally:
-        engine.close()
+    completions = generate(policy, requests, sampling_of(inputs.seed_sampling, inputs.seed + t),  # SEED-STEP1
+                           base=inputs.base, engine=inputs.engine, shard_dir=work / "shards",
+                           desc=f"round {t}: π_{t - 1} on seed")
     prompts = [r["prompt"] for r in seed_rows]
     drafts = [c.text for c in completions]
     gaps = score_gaps(scorer, prompts, [r["response"] for r in seed_rows], drafts)
-    cfg = recipe.improver
-    rng = random.Random(f"{recipe.seed}:improver_data:{t}")
+    rng, keep_below = random.Random(f"{inputs.seed}:improver_data:{t}"), inputs.keep_below_gap  # SEED-STEP1
     rows = [{"id": r["id"], "prompt": r["prompt"], "draft": d, "target": r["response"], "gap": round(g, 4),
              "round": t, "stage": "improver_data", "model": f"policy_{t - 1}"}
             for r, d, g in zip(seed_rows, drafts, gaps)
-            if not math.isnan(g) and (g > cfg.gap or (cfg.keep_below_gap and rng.random() < cfg.keep_below_gap))]
+            if not math.isnan(g) and (g > inputs.gap or (keep_below and rng.random() < keep_below))]
     write_jsonl(out, rows)
-    return {"seed": len(seed_rows), "over_gap": sum(g > cfg.gap for g in gaps), "kept": len(rows),
+    return {"seed": len(seed_rows), "over_gap": sum(g > inputs.gap for g in gaps), "kept": len(rows),
             "unscored": sum(math.isnan(g) for g in gaps), "mean_gap": round(finite_mean(gaps), 4)}
 
 
@@ -59,27 +90,35 @@ def improver_sft_rows(rows: list[dict]) -> list[dict]:
              "completion": [{"role": "assistant", "content": r["target"]}]} for r in rows]
 
 
-def improver_name(recipe: Recipe, t: int) -> str:
+def train_improver(inputs: ImproverTraining, theta0: str, data: Path, out: Path, work: Path, launch: Launch,
+                   logs: Path) -> dict:
+    """Step 2: R_t, fine-tuned from θ0 (not θ_{t-1}) on improver_data.jsonl."""
+    rows = improver_sft_rows(read_jsonl(data))
+    if not rows:
+        raise UserError(f"{data}: no training rows for the improver (lower improver.gap, or set "
+                        "improver.keep_below_gap)")
+    write_jsonl(work / "train.jsonl", rows)
+    metrics = train("sft", theta0, work / "train.jsonl", inputs.train, inputs.base,
+                    stage_seed(inputs.seed, "improver", inputs.round), out, work, launch, logs)  # SEED-STEP1
+    return {"rows": len(rows), "start": theta0, **metrics}
+
+
+def improver_name(round: int, trained: bool) -> str:
     """Who refined: R_t, or θ0 with the improver template (`improver.trained: false`)."""
-    return f"improver_{t}" if recipe.improver.trained else "policy_0_as_improver"
+    return f"improver_{round}" if trained else "policy_0_as_improver"
 
 
-def refine(recipe: Recipe, t: int, improver: Path, responses: Path, out: Path, work: Path) -> dict:
+def refine(inputs: Refinement, improver: str, responses: Path, out: Path, work: Path) -> dict:
     """Step 4: refined.jsonl, ỹ ~ R_t(x, y_{t-1}) for each response row."""
+    t = inputs.round
     rows = read_jsonl(responses)
-    engine_cfg = recipe.engine_for("improver")
-    engine = make_engine(engine_cfg, improver, dtype=recipe.model.dtype,
-                         trust_remote_code=recipe.model.trust_remote_code, seed=recipe.seed,
-                         chat_template=recipe.model.chat_template)
     requests = [Request(r["id"], improver_messages(r["prompt"], r["response"])) for r in rows]
-    sampling = sampling_of(recipe.improver.sampling, recipe.seed * 1000 + t)
-    try:
-        completions = generate_sharded(engine, requests, sampling, work / "shards",
-                                       shard_size=engine_cfg.shard_size, desc=f"round {t}: refine")
-    finally:
-        engine.close()
+    sampling = sampling_of(inputs.sampling, inputs.seed * 1000 + t)  # SEED-STEP1
+    completions = generate(improver, requests, sampling, base=inputs.base, engine=inputs.engine,
+                           shard_dir=work / "shards", desc=f"round {t}: refine")
     out_rows = [{"id": r["id"], "prompt": r["prompt"], "draft": r["response"], "refined": c.text,
-                 "finish_reason": c.finish_reasons[0], "round": t, "stage": "refine", "model": improver_name(recipe, t),
+                 "finish_reason": c.finish_reasons[0], "round": t, "stage": "refine",
+                 "model": improver_name(t, inputs.trained),
                  "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p}}
                 for r, c in zip(rows, completions)]
     write_jsonl(out, out_rows)

@@ -17,10 +17,23 @@ import random
 from collections import Counter
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from synpo.io import atomic_dir, read_jsonl, write_json, write_jsonl
-from synpo.recipe import Recipe
+from synpo.recipe import PairsConfig, ScorerConfig
 from synpo.scoring import finite_mean, score_gaps, score_groups
-from synpo.stages.improver import improver_name
+
+
+class PairBuilding(BaseModel):
+    """Step 5: this round's pairs, scored, filtered and capped."""
+
+    model_config = ConfigDict(frozen=True)
+    round: int
+    pairs: PairsConfig
+    scorer: ScorerConfig
+    chosen_model: str
+    """Provenance of the chosen side: improver_t, policy_0_as_improver, or policy_{t-1} (sampling_ranking)."""
+    seed: int
 
 
 def repetition(text: str, n: int = 3) -> float:
@@ -41,10 +54,10 @@ def degenerate(text: str, finish_reason: str, max_repetition: float, n: int) -> 
     return None
 
 
-def _candidates(recipe: Recipe, t: int, responses: Path, refined: Path | None, scorer):
+def _candidates(strategy: str, responses: Path, refined: Path | None, scorer):
     """(row, chosen, rejected, chosen_finish, rejected_finish, gap) for each prompt."""
     rows = read_jsonl(responses)
-    if recipe.pairs.strategy == "sampling_ranking":
+    if strategy == "sampling_ranking":
         # score_groups: a pairwise scorer (PairRM) ranks each prompt's k samples jointly
         groups = score_groups(scorer, [r["prompt"] for r in rows], [r["samples"] for r in rows])
         out = []
@@ -66,10 +79,10 @@ def _candidates(recipe: Recipe, t: int, responses: Path, refined: Path | None, s
             for r, c, j, g in zip(rows, chosen, rejected, gaps)]
 
 
-def build_pairs(recipe: Recipe, t: int, responses: Path, refined: Path | None, out: Path, scorer) -> dict:
-    cfg = recipe.pairs
+def build_pairs(inputs: PairBuilding, responses: Path, refined: Path | None, out: Path, scorer) -> dict:
+    cfg, t = inputs.pairs, inputs.round
     kept, dropped, gaps = [], Counter(), []
-    candidates = _candidates(recipe, t, responses, refined, scorer)
+    candidates = _candidates(cfg.strategy, responses, refined, scorer)
     for row, chosen, rejected, chosen_finish, rejected_finish, gap in candidates:
         gaps.append(gap)
         if math.isnan(gap):  # a judge that gave no parseable rating: no evidence either way
@@ -87,10 +100,10 @@ def build_pairs(recipe: Recipe, t: int, responses: Path, refined: Path | None, o
                 "rejected": [{"role": "assistant", "content": rejected}],
                 "gap": round(gap, 4),
                 "round": t, "strategy": cfg.strategy,
-                "chosen_model": improver_name(recipe, t) if cfg.strategy == "synpo" else f"policy_{t - 1}",
+                "chosen_model": inputs.chosen_model,
                 "rejected_model": "policy_0" if cfg.strategy == "synpo" else f"policy_{t - 1}",
             })
-    random.Random(f"{recipe.seed}:pairs:{t}").shuffle(kept)
+    random.Random(f"{inputs.seed}:pairs:{t}").shuffle(kept)  # SEED-STEP1
     over_budget = max(0, len(kept) - cfg.per_round)
     if over_budget:
         dropped["over_budget"] = over_budget

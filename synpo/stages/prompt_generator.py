@@ -19,19 +19,66 @@ import re
 from collections import Counter
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict
+
 from synpo.data.keywords import corpus_keywords, seed_keywords
 from synpo.data.loaders import iter_corpus
 from synpo.decontamination import Decontaminator
-from synpo.engines import Request, Sampling, generate_sharded, make_engine
+from synpo.engines import Request, generate, sampling_of
 from synpo.errors import UserError
 from synpo.io import read_jsonl, write_json, write_jsonl
-from synpo.recipe import Recipe
+from synpo.recipe import CorpusData, EngineConfig, ModelConfig, SamplingConfig, ScorerConfig, TrainConfig
+from synpo.run import stage_seed
+from synpo.stages import Launch, train
 from synpo.templates import render
 
 QUESTION = re.compile(r"^\s*<question>(.*)$", re.S)
 # The question ends at its closing tag; a small model sometimes closes with the solution's
 # tags instead, which still ends the question unambiguously.
 QUESTION_END = ["</question>", "<solution>", "</solution>"]
+
+
+class GeneratorTraining(BaseModel):
+    """Once: G <- SFT(θ0, keywords -> seed question/solution)."""
+
+    model_config = ConfigDict(frozen=True)
+    keywords: int
+    noise_keywords: int
+    train: TrainConfig
+    base: ModelConfig
+    seed: int
+
+
+class PromptWriting(BaseModel):
+    """Round t: X_t, the prompts G writes from corpus keywords, filtered."""
+
+    model_config = ConfigDict(frozen=True)
+    round: int
+    num_prompts: int
+    corpus: CorpusData
+    sampling: SamplingConfig
+    max_prompt_chars: int
+    validate_prompts: bool
+    scorer: ScorerConfig | None
+    """The scorer that says which prompts are valid tasks (None: validate_prompts is off)."""
+    decontaminate_similarity: float
+    decontaminate_ngram: int
+    decontaminate_threshold: float
+    eval_suites: list[str]
+    eval_data_dir: str | None
+    """The evaluation sets no prompt may overlap."""
+    base: ModelConfig
+    engine: EngineConfig
+    seed: int
+
+
+class SeedPrompts(BaseModel):
+    """Round t without G (`prompt_generator.enabled: false`, an ablation): a draw of the seed prompts."""
+
+    model_config = ConfigDict(frozen=True)
+    round: int
+    num_prompts: int
+    seed: int
 
 
 def generator_training_rows(seed_rows: list[dict], k: int, noise: int, rng: random.Random) -> list[dict]:
@@ -54,13 +101,27 @@ def generator_training_rows(seed_rows: list[dict], k: int, noise: int, rng: rand
     return rows
 
 
-def keyword_triples(recipe: Recipe, n: int, rng: random.Random, skip: int) -> list[list[str]]:
+def train_prompt_generator(inputs: GeneratorTraining, theta0: str, seed_rows: list[dict], data: Path, out: Path,
+                           work: Path, launch: Launch, logs: Path) -> dict:
+    """G, fine-tuned from θ0 on keyword -> question/solution rows built from the seed set (also kept in `data`)."""
+    rng = random.Random(stage_seed(inputs.seed, "generator_data", 0))  # SEED-STEP1
+    rows = generator_training_rows(seed_rows, inputs.keywords, inputs.noise_keywords, rng)
+    if not rows:
+        raise UserError(f"{out.name}: no training rows: no seed prompt has {inputs.keywords} content keywords")
+    write_jsonl(data, rows)
+    write_jsonl(work / "train.jsonl", rows)
+    metrics = train("sft", theta0, work / "train.jsonl", inputs.train, inputs.base,
+                    stage_seed(inputs.seed, "generator", 0), out, work, launch, logs)  # SEED-STEP1
+    return {"rows": len(rows), "start": theta0, **metrics}
+
+
+def keyword_triples(corpus: CorpusData, n: int, rng: random.Random, skip: int) -> list[list[str]]:
     """n keyword triples (3 keywords of one paragraph each), from consecutive corpus paragraphs
     after the first `skip` (earlier rounds' share); a corpus too small is read round again."""
     triples: list[list[str]] = []
     for attempt in range(2 + n):
         found = False
-        for position, paragraph in enumerate(iter_corpus(recipe.data.corpus)):
+        for position, paragraph in enumerate(iter_corpus(corpus)):
             if attempt == 0 and position < skip:
                 continue
             keywords = corpus_keywords(paragraph, rng, k=3)
@@ -71,7 +132,7 @@ def keyword_triples(recipe: Recipe, n: int, rng: random.Random, skip: int) -> li
                     return triples
         if not found and attempt > 0:
             break
-    raise UserError(f"{recipe.data.corpus.path}: no paragraph has 3 content keywords to build prompts from")
+    raise UserError(f"{corpus.path}: no paragraph has 3 content keywords to build prompts from")
 
 
 def normalise(prompt: str) -> str:
@@ -112,36 +173,27 @@ def filter_prompts(completions, triples, *, max_chars: int, seen: set[str], vali
     return kept, dropped
 
 
-def generate_prompts(recipe: Recipe, generator_dir: Path, t: int, out: Path, earlier: list[Path],
-                     eval_prompts: list[str], seed_prompts: list[str], work: Path, scorer) -> dict:
+def write_prompts(inputs: PromptWriting, generator: Path, earlier: list[Path], eval_prompts: list[str],
+                  seed_prompts: list[str], out: Path, work: Path, scorer) -> dict:
     """Round t's prompts.jsonl, with a stats file beside it."""
-    cfg = recipe.prompt_generator
-    rng = random.Random(f"{recipe.seed}:prompts:{t}")
-    triples = keyword_triples(recipe, cfg.num_prompts, rng, skip=(t - 1) * cfg.num_prompts)
+    t = inputs.round
+    rng = random.Random(f"{inputs.seed}:prompts:{t}")  # SEED-STEP1
+    triples = keyword_triples(inputs.corpus, inputs.num_prompts, rng, skip=(t - 1) * inputs.num_prompts)
     requests = [Request(f"r{t}-q{i:06d}", [{"role": "user",
                                             "content": render("question_generation", keywords=", ".join(kw))}])
                 for i, kw in enumerate(triples)]
-    sampling = Sampling(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p,
-                        max_new_tokens=cfg.sampling.max_new_tokens, seed=rng.randrange(2**31),
-                        stop=QUESTION_END)
-    engine = make_engine(recipe.engine_for("prompt_generator"), generator_dir, dtype=recipe.model.dtype,
-                         trust_remote_code=recipe.model.trust_remote_code, seed=recipe.seed,
-                         chat_template=recipe.model.chat_template)
-    try:
-        completions = generate_sharded(engine, requests, sampling, work / "shards",
-                                       shard_size=recipe.engine_for("prompt_generator").shard_size,
-                                       desc=f"round {t}: prompts")
-    finally:
-        engine.close()
+    sampling = sampling_of(inputs.sampling, rng.randrange(2**31), stop=QUESTION_END)
+    completions = generate(generator, requests, sampling, base=inputs.base, engine=inputs.engine,
+                           shard_dir=work / "shards", desc=f"round {t}: prompts")
 
     seen = set(seed_prompts) | {normalise(p) for p in seed_prompts}
     for path in earlier:
         for row in read_jsonl(path):
             seen.update((row["prompt"], normalise(row["prompt"])))
-    contaminated = Decontaminator(eval_prompts, similarity=cfg.decontaminate_similarity,
-                                  ngram=cfg.decontaminate_ngram, ngram_threshold=cfg.decontaminate_threshold)
-    valid = scorer.valid if cfg.validate_prompts else (lambda ps: [True] * len(ps))
-    kept, dropped = filter_prompts(completions, triples, max_chars=cfg.max_prompt_chars, seen=seen,
+    contaminated = Decontaminator(eval_prompts, similarity=inputs.decontaminate_similarity,
+                                  ngram=inputs.decontaminate_ngram, ngram_threshold=inputs.decontaminate_threshold)
+    valid = scorer.valid if inputs.validate_prompts else (lambda ps: [True] * len(ps))
+    kept, dropped = filter_prompts(completions, triples, max_chars=inputs.max_prompt_chars, seen=seen,
                                    valid=valid, contaminated=contaminated)
     provenance = {"round": t, "stage": "prompts", "model": "prompt_generator",
                   "sampling": {"temperature": sampling.temperature, "top_p": sampling.top_p,
@@ -154,13 +206,15 @@ def generate_prompts(recipe: Recipe, generator_dir: Path, t: int, out: Path, ear
             **{f"dropped_{k}": v for k, v in sorted(dropped.items())}}
 
 
-def seed_prompts(recipe: Recipe, seed_rows: list[dict], t: int, out: Path) -> dict:
+def draw_seed_prompts(inputs: SeedPrompts, seed_rows: list[dict], out: Path) -> dict:
     """Round t's prompts.jsonl drawn from the seed prompts instead of written by G (`prompt_generator.enabled:
     false`, an ablation): num_prompts of them at most, in one seeded order, so that rounds take disjoint
     slices while the seed set lasts (and wrap around after)."""
+    t = inputs.round
     order = list(range(len(seed_rows)))
-    random.Random(f"{recipe.seed}:seed_prompts").shuffle(order)
-    n = min(recipe.prompt_generator.num_prompts, len(order))
+    # one order for every round: rounds take disjoint slices
+    random.Random(f"{inputs.seed}:seed_prompts").shuffle(order)  # SEED-STEP1
+    n = min(inputs.num_prompts, len(order))
     start = (t - 1) * n
     picks = [order[(start + i) % len(order)] for i in range(n)]
     rows = [{"id": f"r{t}-s{i:06d}", "prompt": seed_rows[j]["prompt"], "keywords": [], "seed_id": seed_rows[j]["id"],

@@ -8,44 +8,54 @@ sampling_ranking (the paper's baseline): k samples of π_{t-1} per prompt instea
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from synpo.engines import Request, generate_sharded, make_engine
+from pydantic import BaseModel, ConfigDict
+
+from synpo.engines import Request, generate, sampling_of
 from synpo.io import read_jsonl, write_jsonl
-from synpo.recipe import Recipe
-from synpo.stages.improver import sampling_of
+from synpo.recipe import EngineConfig, ModelConfig, SamplingConfig
 
 
-def _sample(recipe: Recipe, model: str, rows: list[dict], n: int, seed: int, shard_dir: Path, desc: str):
-    cfg = recipe.engine_for("responses")
-    engine = make_engine(cfg, model, dtype=recipe.model.dtype, trust_remote_code=recipe.model.trust_remote_code,
-                         seed=recipe.seed, chat_template=recipe.model.chat_template)
-    requests = [Request(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in rows]
-    try:
-        return generate_sharded(engine, requests, sampling_of(recipe.responses.sampling, seed, n=n), shard_dir,
-                                shard_size=cfg.shard_size, desc=desc)
-    finally:
-        engine.close()
+class Answering(BaseModel):
+    """Step 3: answers on this round's prompts."""
+
+    model_config = ConfigDict(frozen=True)
+    round: int
+    strategy: Literal["synpo", "sampling_ranking"]
+    k: int | None
+    """sampling_ranking: samples of π_{t-1} per prompt (None for synpo)."""
+    policy_is_initial: bool
+    """π_{t-1} is π_0 (round 1): one set of answers serves as both."""
+    sampling: SamplingConfig
+    base: ModelConfig
+    engine: EngineConfig
+    seed: int
 
 
-def generate_responses(recipe: Recipe, t: int, policy: str, initial: str, prompts: Path, out: Path,
-                       work: Path) -> dict:
+def generate_responses(inputs: Answering, policy: str, initial: str, prompts: Path, out: Path, work: Path) -> dict:
+    t = inputs.round
     rows = read_jsonl(prompts)
-    sampling = recipe.responses.sampling.model_dump()
-    if recipe.pairs.strategy == "sampling_ranking":
-        k = recipe.pairs.k
-        samples = _sample(recipe, policy, rows, k, recipe.seed * 1000 + 100 + t, work / "policy",
-                          f"round {t}: π_{t - 1} x{k}")
+    requests = [Request(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in rows]
+
+    def answers(model: str, n: int, seed: int, stream: str, desc: str):
+        return generate(model, requests, sampling_of(inputs.sampling, seed, n=n), base=inputs.base,
+                        engine=inputs.engine, shard_dir=work / stream, desc=desc)
+
+    sampling = inputs.sampling.model_dump()
+    if inputs.strategy == "sampling_ranking":
+        samples = answers(policy, inputs.k, inputs.seed * 1000 + 100 + t, "policy",  # SEED-STEP1
+                          f"round {t}: π_{t - 1} x{inputs.k}")
         out_rows = [{"id": r["id"], "prompt": r["prompt"], "samples": c.texts, "finish_reasons": c.finish_reasons,
                      "round": t, "stage": "responses", "model": f"policy_{t - 1}", "sampling": sampling}
                     for r, c in zip(rows, samples)]
     else:
         # π_0's answers do not depend on the round's policy: seed them by prompt set only.
-        initial_answers = _sample(recipe, initial, rows, 1, recipe.seed * 1000 + 200 + t, work / "initial",
-                                  f"round {t}: π_0")
-        if t == 1:
+        initial_answers = answers(initial, 1, inputs.seed * 1000 + 200 + t, "initial", f"round {t}: π_0")  # SEED-STEP1
+        if inputs.policy_is_initial:
             policy_answers = initial_answers
         else:
-            policy_answers = _sample(recipe, policy, rows, 1, recipe.seed * 1000 + 300 + t, work / "policy",
+            policy_answers = answers(policy, 1, inputs.seed * 1000 + 300 + t, "policy",  # SEED-STEP1
                                      f"round {t}: π_{t - 1}")
         out_rows = [{"id": r["id"], "prompt": r["prompt"],
                      "response": p.text, "response_finish": p.finish_reasons[0],
