@@ -100,7 +100,7 @@ class Loop:
 
     # ---- round t ----
     def prompts(self, t: int, generator: Path, generator_fp: str) -> tuple[Path, str]:
-        from synpo.evals.suites import eval_prompts
+        from synpo.evals import eval_prompts
         from synpo.stages.prompt_generator import generate_prompts
 
         r = self.recipe
@@ -121,8 +121,8 @@ class Loop:
                                  "prompt_generator.decontaminate_similarity",
                                  "prompt_generator.decontaminate_threshold", "eval.suites"))
         self.run.stage(f"round_{t:02d}/prompts", fp, lambda work: generate_prompts(
-            r, generator, t, out, earlier, eval_prompts(r), [x["prompt"] for x in self.seed_rows], work,
-            self.scorer), outputs=[out])
+            r, generator, t, out, earlier, eval_prompts(r.eval.suites, r.eval.data_dir),
+            [x["prompt"] for x in self.seed_rows], work, self.scorer), outputs=[out])
         return out, fp
 
     def improver(self, t: int, policy: str, policy_fp: str) -> tuple[Path, str]:

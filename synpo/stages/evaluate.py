@@ -27,13 +27,23 @@ def evaluate_suite(recipe: Recipe, suite: str, model: str, out_dir: Path, work: 
                                                                    seed=recipe.seed), shard_dir=work / suite)
             write_jsonl(out_dir / "outputs.jsonl", outputs)
         else:
-            from synpo.evals.suites import run_suite
+            from synpo.evals import SuiteInputs, run_suite
 
-            metrics = run_suite(suite, recipe, engine, out_dir, work / suite)
+            inputs = SuiteInputs(eval=recipe.eval, engine=recipe.engine_for("eval"), seed=recipe.seed,
+                                 model_name=model_name(recipe.name, Path(out_dir)))
+            metrics = run_suite(suite, inputs, engine, out_dir, work / suite)
     finally:
         engine.close()
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def model_name(recipe_name: str, out_dir: Path) -> str:
+    """The evaluated model's name in output files: `<recipe name>-round_XX` inside a run."""
+    import re
+
+    round_dir = out_dir.parent.parent.name if out_dir.parent.name == "eval" else ""
+    return f"{recipe_name}-{round_dir}" if re.fullmatch(r"round_\d+", round_dir) else recipe_name
 
 
 def headline(suite: str, metrics: dict) -> dict:
