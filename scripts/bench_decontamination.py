@@ -1,9 +1,9 @@
 """Decontamination: how many lightly perturbed evaluation prompts are caught, how many clean
 prompts are dropped by mistake, and how long 50k candidates take.
 
-    python scripts/bench_decontamination.py --seed-dir DIR [--data-dir DIR] [--candidates 50000]
+    python scripts/bench_decontamination.py --data-dir DIR --seed-dir DIR [--candidates 50000]
 
-Evaluation prompts: AlpacaEval (805, from the evaluation data directory, as eval.data_dir) and
+Evaluation prompts: AlpacaEval (805, from --data-dir, as eval.data_dir: the set is not shipped) and
 Arena-Hard v0.1 (500). Each gets one perturbed copy with all three light changes: its case (lower, upper or
 title case), its punctuation (all removed, or commas dropped and a "?" added) and one word
 replaced by a random word of the seed sets. Clean prompts: the seed sets (Self-Instruct's 175
@@ -61,7 +61,7 @@ def perturb(prompt: str, rng: random.Random, vocabulary: list[str]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", help="evaluation sets (as eval.data_dir)")
+    parser.add_argument("--data-dir", required=True, help="evaluation sets, with AlpacaEval's (as eval.data_dir)")
     parser.add_argument("--seed-dir", required=True, help="directory of the two seed-set files")
     parser.add_argument("--candidates", type=int, default=50_000)
     parser.add_argument("--seed", type=int, default=0)

@@ -118,26 +118,10 @@ class Decontaminator:
         return reasons
 
 
-def suites_prompts(suites: list[str], data_dir: str | None) -> list[str]:
-    """Every prompt of the named evaluation suites (alpaca_eval, arena_hard, mt_bench, toy)."""
-    from synpo.evals.datasets import LOADERS, suite_prompts
-
-    prompts: list[str] = []
-    for suite in suites:
-        if suite == "toy":
-            from synpo.evals.toy import load_benchmark
-
-            prompts += [r["prompt"] for r in load_benchmark()]
-        elif suite in LOADERS:
-            prompts += suite_prompts(suite, data_dir)
-        else:
-            raise UserError(f"--suites: unknown suite {suite!r} (alpaca_eval, arena_hard, mt_bench, toy)")
-    return prompts
-
-
 def decontaminate_file(path: str | Path, out: str | Path, suites: list[str], field: str = "prompt",
                        data_dir: str | None = None, similarity: float = SIMILARITY) -> dict:
     """Write the rows of a JSONL file whose `field` is not contaminated (every field kept, atomically)."""
+    from synpo.evals import eval_prompts
     from synpo.io import read_jsonl, write_jsonl
 
     path = Path(path)
@@ -156,10 +140,10 @@ def decontaminate_file(path: str | Path, out: str | Path, suites: list[str], fie
             raise UserError(f"{path}: record {number} has no text field {field!r} "
                             "(name the prompt's field with --field)")
         texts.append(value)
-    eval_prompts = suites_prompts(suites, data_dir)
-    reasons = Decontaminator(eval_prompts, similarity=similarity)(texts)
+    against = eval_prompts(suites, data_dir)
+    reasons = Decontaminator(against, similarity=similarity)(texts)
     write_jsonl(out, (row for row, reason in zip(rows, reasons) if reason is None))
     dropped = Counter(r for r in reasons if r is not None)
     return {"rows": len(rows), "kept": len(rows) - sum(dropped.values()), "dropped": sum(dropped.values()),
             "dropped_by_reason": dict(sorted(dropped.items())), "suites": suites,
-            "evaluation_prompts": len(eval_prompts)}
+            "evaluation_prompts": len(against)}

@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# The real evaluation and seed sets, when a directory `shared/data` sits beside the checkout; tests
+# that want them pass this path explicitly (synpo itself never looks there) and skip without it.
+SHARED_DATA = ROOT.parent / "shared" / "data"
 TINY_RECIPE = ROOT / "recipes" / "tiny-cpu.yaml"
 
 # The tiny-cpu recipe cut down to a minute: one round, few prompts, a few training steps.
@@ -53,15 +56,15 @@ def mini_run(tmp_path_factory) -> Path:
 
 @functools.cache
 def eval_data_dir() -> str:
-    """eval.data_dir for tests of the judged suites: the real sets beside the checkout
-    (../shared/data) when they are there; on a clone with nothing beside it, a generated
+    """eval.data_dir for tests of the judged suites: the real sets of SHARED_DATA when they are
+    there; on a clone with nothing beside it, a generated
     AlpacaEval-format reference file (the real one is CC BY-NC 4.0 and not shipped), with
     Arena-Hard and MT-Bench read from the copies synpo ships."""
-    from synpo.evals.datasets import FILES, SHARED
+    from synpo.evals.datasets import FILES
 
     reference = FILES["alpaca_eval"]["reference"]
-    if (SHARED / reference).is_file():
-        return str(SHARED)
+    if (SHARED_DATA / reference).is_file():
+        return str(SHARED_DATA)
     root = Path(tempfile.mkdtemp(prefix="synpo-eval-data-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     rng = random.Random(0)

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from synpo.errors import UserError
 from synpo.evals import datasets, stats
@@ -175,9 +176,16 @@ def test_shipped_copies_are_used_and_alpaca_eval_is_not_shipped(tmp_path):
         datasets.load_suite("mt_bench", str(tmp_path / "nope"))
 
 
-@pytest.mark.skipif(not (datasets.SHARED / "alpaca_eval").is_dir(), reason="needs the shared AlpacaEval data")
-def test_alpaca_eval_loads_from_the_shared_data():
-    rows = datasets.load_suite("alpaca_eval", None)
+def test_without_a_data_dir_only_the_shipped_copies_are_read():
+    # even where a directory of the full sets sits beside the checkout: synpo never looks there
+    assert datasets.search_dirs(None) == [datasets.PACKAGED]
+    with pytest.raises(UserError, match="CC BY-NC 4.0"):
+        datasets.load_alpaca_eval(None)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "alpaca_eval").is_dir(), reason="needs the AlpacaEval set beside the checkout")
+def test_alpaca_eval_loads_from_a_data_dir():
+    rows = datasets.load_suite("alpaca_eval", str(SHARED_DATA))
     assert len(rows) == 805 and rows[0]["reference_generator"] == "gpt4_1106_preview"
 
 

@@ -151,6 +151,44 @@ def test_judge_faults_are_retried_then_counted(tmp_path, fault):
     assert all(a["preference"] is None and a["error"].startswith("RetriesExhausted") for a in failed)
 
 
+def test_run_suite_reads_its_inputs_only(tmp_path):
+    """The suite entry point on hand-built SuiteInputs: the model's name in the files is the one
+    given, not one read from the output directory's name (a round directory here)."""
+    from pydantic import ValidationError
+
+    from synpo.engines import make_engine
+    from synpo.evals import SuiteInputs, run_suite
+
+    with ScriptedJudge() as judge:
+        recipe = recipe_for("alpaca_eval", judge.base_url, tmp_path)
+        inputs = SuiteInputs(eval=recipe.eval, engine=recipe.engine_for("eval"), seed=recipe.seed,
+                             model_name="my-model")
+        with pytest.raises(ValidationError):
+            SuiteInputs(**inputs.model_dump(), recipe="anything")  # exactly what a suite reads, nothing else
+        engine = make_engine(inputs.engine, str(TINY_MODEL), seed=inputs.seed)
+        try:
+            out = tmp_path / "run" / "round_03" / "eval" / "alpaca_eval"
+            metrics = run_suite("alpaca_eval", inputs, engine, out, tmp_path / "work")
+        finally:
+            engine.close()
+    assert {m["generator"] for m in json.loads((out / "model_outputs.json").read_text())} == {"my-model"}
+    assert {a["generator_2"] for a in read_jsonl(out / "annotations.jsonl")} == {"my-model"}
+    assert metrics["judge_judgments"] == LIMIT and metrics["judge_ok"] == LIMIT
+
+
+def test_no_module_of_the_evaluation_reads_the_recipe():
+    import ast
+
+    import synpo.evals
+
+    for path in sorted(Path(synpo.evals.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        names |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        arguments = {n.arg for n in ast.walk(tree) if isinstance(n, ast.arg)}
+        assert not names & {"Recipe", "load_recipe"} and "recipe" not in arguments, path.name
+
+
 # ---- arena_hard -----------------------------------------------------------------------------------
 
 

@@ -176,19 +176,19 @@ class FakeEngine:
         return [Completion(r.id, [self.replies[i % len(self.replies)]], ["stop"], [5]) for i, r in enumerate(requests)]
 
 
-def test_judge_parses_ratings_and_counts_unparseable():
-    from synpo.scoring.judge import JudgeScorer, parse_rating
+def test_judge_parses_ratings_as_mt_bench_does_and_counts_unparseable():
+    from synpo.scoring.judge import JudgeScorer
 
-    assert parse_rating("Good answer. Rating: [[7]]") == 7.0
-    assert parse_rating("[[3]] at first, then Rating: [[8.5]]") == 8.5
-    assert parse_rating("Score: 4") == 4.0
-    assert math.isnan(parse_rating("no number here")) and math.isnan(parse_rating("Rating: [[42]]"))
     cfg = ScorerConfig(kind="judge", judge=EngineConfig(kind="openai", base_url="http://127.0.0.1:9/v1",
                                                         model="judge-model", api_key_env="JUDGE_KEY"))
-    engine = FakeEngine(["Fine. Rating: [[9]]", "I cannot rate this."])
+    replies = ["Fine. Rating: [[9]]", "I cannot rate this.", "[[3]] at first, then Rating: [[8.5]]",
+               "Rating: [[42]]", "Score: 4", "Rating: [6]"]
+    engine = FakeEngine(replies)
     scorer = JudgeScorer(cfg, engine=engine)
-    scores = scorer.score(["Sort: 2 1", "Reverse: a b"], ["1 2", "b a"])
-    assert scores[0] == 9.0 and math.isnan(scores[1]) and scorer.unparseable == 1
+    scores = scorer.score(["Sort: 2 1", "Reverse: a b", "c", "d", "e", "f"], ["1 2", "b a", "c", "d", "e", "f"])
+    # FastChat's reading (the first [[N]], else [N], within 1-10); no rating: NaN, counted
+    assert [None if math.isnan(s) else s for s in scores] == [9.0, None, 3.0, None, None, 6.0]
+    assert scorer.unparseable == 3
     user_turn = engine.requests[0].messages[-1]["content"]
     assert "[Question]\nSort: 2 1" in user_turn and "1 2\n[The End of Assistant's Answer]" in user_turn
     gaps = score_gaps(scorer, ["a", "b"], ["x", "y"], ["z", "w"])

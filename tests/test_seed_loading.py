@@ -3,13 +3,13 @@
 import json
 
 import pytest
+from conftest import SHARED_DATA
 
 from synpo.data.loaders import field, iter_corpus, read_seed
-from synpo.evals.datasets import SHARED
 from synpo.recipe import CorpusData, SeedData
 
 BOM = b"\xef\xbb\xbf"
-SELF_INSTRUCT = SHARED / "seed" / "self_instruct_seed_tasks.jsonl"
+SELF_INSTRUCT = SHARED_DATA / "seed" / "self_instruct_seed_tasks.jsonl"
 
 
 def test_a_byte_order_mark_is_accepted_in_jsonl_and_json(tmp_path):
@@ -77,9 +77,9 @@ def test_self_instruct_seed_tasks_with_their_input_joined_as_alpaca_does(tmp_pat
     assert any("\n\n" in r["prompt"] for r in seed.rows)  # some tasks have an input
 
 
-@pytest.mark.skipif(not (SHARED / "seed" / "alpaca_data_5000_subset_pr152.json").is_file(),
+@pytest.mark.skipif(not (SHARED_DATA / "seed" / "alpaca_data_5000_subset_pr152.json").is_file(),
                     reason="needs the shared Alpaca seed data")
 def test_the_real_alpaca_subset_loads_and_reports_its_blank_answers():
-    seed = read_seed(SeedData(path=str(SHARED / "seed" / "alpaca_data_5000_subset_pr152.json"), format="alpaca"))
+    seed = read_seed(SeedData(path=str(SHARED_DATA / "seed" / "alpaca_data_5000_subset_pr152.json"), format="alpaca"))
     assert len(seed.rows) + sum(seed.dropped.values()) == 5000 and set(seed.dropped) <= {"blank answer",
                                                                                         "repeated prompt"}

@@ -104,7 +104,7 @@ def test_weighted_verdicts_and_the_hard_fallback(tmp_path, data_dir, monkeypatch
 
 
 def test_mt_bench_answers_use_fastchat_temperatures_per_category(tmp_path):
-    from synpo.evals import mt_bench
+    from synpo.evals import SuiteInputs, mt_bench
     from synpo.evals.datasets import load_suite
     from synpo.recipe import load_recipe
 
@@ -119,8 +119,9 @@ def test_mt_bench_answers_use_fastchat_temperatures_per_category(tmp_path):
     rows = load_suite("mt_bench", None)
     engine = Recording()
     recipe = load_recipe(None, ["eval.sampling.temperature=0.3"], check_files=False)
+    inputs = SuiteInputs(eval=recipe.eval, engine=recipe.engine, seed=0, model_name="m")
     answers = mt_bench.answer_by_temperature(engine, rows, [[{"role": "user", "content": r["turns"][0]}]
-                                                           for r in rows], recipe, tmp_path, "t1")
+                                                           for r in rows], inputs, tmp_path, "t1")
     assert answers == [f"answer to {r['id']}-t1" for r in rows]  # in question order
     expected = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
                 "reasoning": 0.0, "stem": 0.1, "humanities": 0.1}

@@ -28,11 +28,12 @@ from pathlib import Path
 from synpo.engines.base import Request
 from synpo.evals import stats
 from synpo.evals.datasets import load_suite
+from synpo.evals.inputs import SuiteInputs
 from synpo.evals.judge import Judge, Reply, Tally, generate_answers, suite_max_tokens
 from synpo.evals.verdicts import parse_alpaca_eval, weighted_alpaca_eval
 from synpo.io import write_json, write_jsonl
 from synpo.progress import log
-from synpo.recipe import Recipe
+from synpo.recipe import EvalConfig
 from synpo.templates import render
 
 JUDGE_MAX_TOKENS = 16  # the official annotator reads 1 token; a little room for a chatty open judge
@@ -40,13 +41,13 @@ TOP_LOGPROBS = 5  # weighted_alpaca_eval_gpt4_turbo's setting
 LC_V1 = "length_controlled_v1"  # alpaca_eval's default GLM: the official backend's LC
 
 
-def run(recipe: Recipe, engine, out_dir: Path, work: Path, generator: str, make_judge) -> dict:
-    cfg = recipe.eval
+def run(inputs: SuiteInputs, engine, out_dir: Path, work: Path, make_judge) -> dict:
+    cfg, generator = inputs.eval, inputs.model_name
     if cfg.alpaca_eval_backend == "official":
         _official_package()  # fail before generating anything
-    rows = load_suite("alpaca_eval", cfg.data_dir, cfg.limit, recipe.seed)
+    rows = load_suite("alpaca_eval", cfg.data_dir, cfg.limit, inputs.seed)
     requests = [Request(r["id"], [{"role": "user", "content": r["instruction"]}]) for r in rows]
-    outputs = generate_answers(engine, requests, recipe, work / "outputs", desc="alpaca_eval: answers")
+    outputs = generate_answers(engine, requests, inputs, work / "outputs", desc="alpaca_eval: answers")
     model_outputs = [{"dataset": r["dataset"], "instruction": r["instruction"], "output": out, "generator": generator}
                      for r, out in zip(rows, outputs)]
     reference_outputs = [{"dataset": r["dataset"], "instruction": r["instruction"], "output": r["reference"],
@@ -54,11 +55,11 @@ def run(recipe: Recipe, engine, out_dir: Path, work: Path, generator: str, make_
     write_json(out_dir / "model_outputs.json", model_outputs)
     write_json(out_dir / "reference_outputs.json", reference_outputs)
     if cfg.alpaca_eval_backend == "official":
-        return run_official(recipe, out_dir, generator)
+        return run_official(cfg, out_dir, generator)
 
     judge = make_judge()
     try:
-        annotations, tally = judge_outputs(judge, rows, outputs, generator, recipe.seed,
+        annotations, tally = judge_outputs(judge, rows, outputs, generator, inputs.seed,
                                            suite_max_tokens(cfg, JUDGE_MAX_TOKENS))
     finally:
         judge.close()
@@ -162,15 +163,15 @@ def _headline(m: dict) -> dict:
 # ---- the official package ---------------------------------------------------------------------
 
 
-def run_official(recipe: Recipe, out_dir: Path, generator: str) -> dict:
+def run_official(cfg: EvalConfig, out_dir: Path, generator: str) -> dict:
     """Judge with the `alpaca_eval` package itself and read its leaderboard row."""
     import os
 
     alpaca_eval = _official_package()
 
-    judge = recipe.eval.judge
+    judge = cfg.judge
     env = {}
-    if judge is not None:  # point the package's OpenAI client at the recipe's judge endpoint
+    if judge is not None:  # point the package's OpenAI client at eval.judge's endpoint
         env["OPENAI_BASE_URL"] = judge.base_url
         if judge.api_key_env:
             env["OPENAI_API_KEY"] = os.environ.get(judge.api_key_env, "")
@@ -180,7 +181,7 @@ def run_official(recipe: Recipe, out_dir: Path, generator: str) -> dict:
         leaderboard, _ = alpaca_eval.evaluate(
             model_outputs=str(out_dir / "model_outputs.json"),
             reference_outputs=str(out_dir / "reference_outputs.json"),
-            annotators_config=recipe.eval.alpaca_eval_annotator, name=generator,
+            annotators_config=cfg.alpaca_eval_annotator, name=generator,
             output_path=str(out_dir / "official"), precomputed_leaderboard=None,
             is_return_instead_of_print=True, is_cache_leaderboard=False)
     finally:
@@ -190,7 +191,7 @@ def run_official(recipe: Recipe, out_dir: Path, generator: str) -> dict:
             else:
                 os.environ[k] = v
     row = {k: _plain(v) for k, v in leaderboard.loc[generator].to_dict().items()}
-    metrics = {**row, "backend": "official", "annotators_config": recipe.eval.alpaca_eval_annotator,
+    metrics = {**row, "backend": "official", "annotators_config": cfg.alpaca_eval_annotator,
                "lc_glm": LC_V1}
     metrics["headline"] = _headline(metrics)
     return metrics

@@ -19,21 +19,21 @@ from pathlib import Path
 from synpo.engines.base import Request
 from synpo.evals import stats
 from synpo.evals.datasets import ARENA_BASELINE, load_suite
+from synpo.evals.inputs import SuiteInputs
 from synpo.evals.judge import Judge, Tally, generate_answers, suite_max_tokens
 from synpo.evals.verdicts import arena_advantage, parse_arena_hard
 from synpo.io import write_jsonl
-from synpo.recipe import Recipe
 from synpo.templates import render
 
 JUDGE_MAX_TOKENS = 4096  # arena-hard-auto v0.1's judge setting
 CONTINUE = "continue your judgment and finish by outputting a final verdict label"
 
 
-def run(recipe: Recipe, engine, out_dir: Path, work: Path, generator: str, make_judge) -> dict:
-    cfg = recipe.eval
-    rows = load_suite("arena_hard", cfg.data_dir, cfg.limit, recipe.seed)
+def run(inputs: SuiteInputs, engine, out_dir: Path, work: Path, make_judge) -> dict:
+    cfg, generator = inputs.eval, inputs.model_name
+    rows = load_suite("arena_hard", cfg.data_dir, cfg.limit, inputs.seed)
     requests = [Request(r["uid"], [{"role": "user", "content": r["prompt"]}]) for r in rows]
-    answers = generate_answers(engine, requests, recipe, work / "answers", desc="arena_hard: answers")
+    answers = generate_answers(engine, requests, inputs, work / "answers", desc="arena_hard: answers")
     now = time.time()
     write_jsonl(out_dir / "model_answer.jsonl", (
         {"uid": r["uid"], "ans_id": f"{generator}-{r['uid']}", "model": generator,
@@ -46,7 +46,7 @@ def run(recipe: Recipe, engine, out_dir: Path, work: Path, generator: str, make_
         judge.close()
     write_jsonl(out_dir / "model_judgment.jsonl", judgments)
     tally.check(cfg.max_failed_judgments, "arena_hard")
-    return metrics_from(judgments, tally, generator, judge.name, cfg.bootstrap_rounds, recipe.seed,
+    return metrics_from(judgments, tally, generator, judge.name, cfg.bootstrap_rounds, inputs.seed,
                         answer_chars=[len(a) for a in answers])
 
 

@@ -1,11 +1,11 @@
 """The public evaluation sets: where they are read from, and how they are loaded and subsampled.
 
 Each file is looked up in this order (the first that exists wins):
-  1. the recipe's `eval.data_dir`, or, when it is unset, the shared data directory
-     `../shared/data` next to a source checkout of synpo (when present);
+  1. the data directory `eval.data_dir` (`--data-dir`), when it is set;
   2. the copies shipped inside synpo (`synpo/evals/data`, Apache-2.0: Arena-Hard v0.1 and
      MT-Bench; see SOURCES.md there).
 AlpacaEval's set is CC BY-NC 4.0 and not shipped: it must be in the data directory.
+Nothing else is searched: the same recipe reads the same files wherever synpo is installed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 from synpo.errors import UserError
 
 PACKAGED = Path(__file__).resolve().parent / "data"
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 FILES = {
     "alpaca_eval": {"reference": "alpaca_eval/gpt4_1106_preview_model_outputs.json"},
@@ -40,7 +39,7 @@ def search_dirs(data_dir: str | None) -> list[Path]:
         if not Path(data_dir).is_dir():
             raise UserError(f"eval.data_dir: directory does not exist: {data_dir}")
         return list(dict.fromkeys([Path(data_dir).resolve(), PACKAGED]))
-    return [SHARED, PACKAGED] if SHARED.is_dir() else [PACKAGED]
+    return [PACKAGED]
 
 
 def find(suite: str, key: str, data_dir: str | None) -> Path:

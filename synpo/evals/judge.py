@@ -30,8 +30,9 @@ from pathlib import Path
 
 from synpo.engines.base import Request, Sampling, generate_sharded
 from synpo.errors import UserError
+from synpo.evals.inputs import SuiteInputs
 from synpo.progress import log, progress
-from synpo.recipe import EngineConfig, EvalConfig, Recipe
+from synpo.recipe import EngineConfig, EvalConfig
 
 FATAL_STATUS = {401, 403, 404}  # the endpoint, key or model is wrong: every request would fail
 
@@ -158,13 +159,13 @@ def suite_max_tokens(cfg: EvalConfig, official: int) -> int:
     return min(official, cfg.judge_max_tokens) if cfg.judge_max_tokens else official
 
 
-def generate_answers(engine, requests: list[Request], recipe: Recipe, shard_dir: Path, desc: str,
+def generate_answers(engine, requests: list[Request], inputs: SuiteInputs, shard_dir: Path, desc: str,
                      temperature: float | None = None) -> list[str]:
-    """The evaluated model's answers (recipe.eval.sampling, or its settings at `temperature`),
-    sharded so a killed stage resumes."""
-    s = recipe.eval.sampling
+    """The evaluated model's answers (eval.sampling, or its settings at `temperature`), sharded so a
+    killed stage resumes."""
+    s = inputs.eval.sampling
     sampling = Sampling(temperature=s.temperature if temperature is None else temperature, top_p=s.top_p,
-                        max_new_tokens=s.max_new_tokens, seed=recipe.seed)
-    completions = generate_sharded(engine, requests, sampling, shard_dir,
-                                   shard_size=recipe.engine_for("eval").shard_size, desc=desc)
+                        max_new_tokens=s.max_new_tokens, seed=inputs.seed)
+    completions = generate_sharded(engine, requests, sampling, shard_dir, shard_size=inputs.engine.shard_size,
+                                   desc=desc)
     return [c.text.strip() for c in completions]

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from synpo.engines.base import Request
 from synpo.evals.datasets import load_suite
+from synpo.evals.inputs import SuiteInputs
 from synpo.evals.judge import Judge, Tally, generate_answers, suite_max_tokens
 from synpo.evals.verdicts import parse_rating
 from synpo.io import write_jsonl
-from synpo.recipe import Recipe
 
 JUDGE_MAX_TOKENS = 2048  # FastChat's judge setting
 # FastChat's per-category answer temperatures (fastchat/llm_judge/common.py temperature_config)
@@ -43,15 +43,15 @@ def judge_prompts() -> dict[str, dict]:
     return {r["name"]: r for r in rows}
 
 
-def run(recipe: Recipe, engine, out_dir: Path, work: Path, generator: str, make_judge) -> dict:
-    cfg = recipe.eval
-    rows = load_suite("mt_bench", cfg.data_dir, cfg.limit, recipe.seed)
+def run(inputs: SuiteInputs, engine, out_dir: Path, work: Path, make_judge) -> dict:
+    cfg, generator = inputs.eval, inputs.model_name
+    rows = load_suite("mt_bench", cfg.data_dir, cfg.limit, inputs.seed)
     first = answer_by_temperature(engine, rows, [[{"role": "user", "content": r["turns"][0]}] for r in rows],
-                                  recipe, work / "turn1", "t1")
+                                  inputs, work / "turn1", "t1")
     second = answer_by_temperature(engine, rows, [[{"role": "user", "content": r["turns"][0]},
                                                    {"role": "assistant", "content": a1},
                                                    {"role": "user", "content": r["turns"][1]}]
-                                                  for r, a1 in zip(rows, first)], recipe, work / "turn2", "t2")
+                                                  for r, a1 in zip(rows, first)], inputs, work / "turn2", "t2")
     now = time.time()
     write_jsonl(out_dir / "model_answer.jsonl", (
         {"question_id": r["question_id"], "answer_id": f"{generator}-{r['question_id']}", "model_id": generator,
@@ -70,14 +70,14 @@ def temperature(category: str) -> float:
     return TEMPERATURES.get(category, DEFAULT_TEMPERATURE)
 
 
-def answer_by_temperature(engine, rows: list[dict], conversations: list[list[dict]], recipe: Recipe,
+def answer_by_temperature(engine, rows: list[dict], conversations: list[list[dict]], inputs: SuiteInputs,
                           shard_dir: Path, turn: str) -> list[str]:
     """One turn's answers, each question sampled at its category's temperature (a batch per temperature)."""
     answers: dict[int, str] = {}
     for t in sorted({temperature(r["category"]) for r in rows}):
         picked = [i for i, r in enumerate(rows) if temperature(r["category"]) == t]
         texts = generate_answers(engine, [Request(f"{rows[i]['id']}-{turn}", conversations[i]) for i in picked],
-                                 recipe, shard_dir / f"temperature-{t:g}", desc=f"mt_bench: {turn} (T={t:g})",
+                                 inputs, shard_dir / f"temperature-{t:g}", desc=f"mt_bench: {turn} (T={t:g})",
                                  temperature=t)
         answers.update(zip(picked, texts))
     return [answers[i] for i in range(len(rows))]

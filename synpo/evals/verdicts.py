@@ -64,18 +64,26 @@ def arena_advantage(label: str) -> int:
     return ARENA_LABELS[label]
 
 
-# ---- MT-Bench: "Rating: [[7]]" ---------------------------------------------------------------
-# FastChat's one_score_pattern and its backup
+# ---- MT-Bench and the judge scorer: "Rating: [[7]]" ------------------------------------------
+# FastChat's one_score_pattern and its backup. The judge scorer (synpo.scoring.judge) sends the
+# same single-answer grading prompt and reads its replies with this same function.
 RATING = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 RATING_BACKUP = re.compile(r"\[(\d+\.?\d*)\]")
+RATING_SCALE = (1.0, 10.0)
 
 
 def parse_rating(text: str | None) -> float | None:
-    """The 1-10 rating; None when absent or outside 1-10 (FastChat would record -1)."""
+    """The judge's 1-10 rating, read as FastChat reads it: the first `[[N]]`, else the first `[N]`.
+
+    A missing rating is None, whatever the reason: no reply (a failed request), no rating in
+    it, or one outside 1-10 (FastChat records -1 for no rating and keeps one outside 1-10).
+    Callers keep None apart from every number: a judged suite counts it as unparseable and
+    leaves it out of the scores; the judge scorer turns it into NaN, every scorer's "no score".
+    """
     if not text:
         return None
     m = RATING.search(text) or RATING_BACKUP.search(text)
     if m is None:
         return None
     value = float(m.group(1))
-    return value if 1 <= value <= 10 else None
+    return value if RATING_SCALE[0] <= value <= RATING_SCALE[1] else None

@@ -3,12 +3,14 @@
 The prompt is `prompts/judge_score.jinja` (MT-bench's single-answer grading prompt, the
 `single-v1` entry of FastChat's judge_prompts.jsonl) or the file `scorer.template` names;
 it is filled with `prompt` and `response` and sent as the user turn after MT-bench's system
-turn, greedy. The judge writes a short explanation and then `Rating: [[N]]`; the score is the
-last `[[N]]` (or, failing that, a last `Rating: N` / `Score: N`) within 1-10.
+turn, greedy. The judge writes a short explanation and then `Rating: [[N]]`; the score is read
+as MT-Bench reads it (synpo.evals.verdicts.parse_rating: FastChat's first `[[N]]`, else `[N]`,
+within 1-10).
 
-A reply without a parseable rating scores NaN and is counted (logged per call, total in
-`unparseable`): a NaN gap never exceeds a threshold, so such a row is dropped, never kept
-on a guess. Units are judge points (1-10): `improver.gap` / `pairs.gap` are in points.
+A reply without a rating (parse_rating's None) scores NaN, every scorer's "no score", and is
+counted (logged per call, total in `unparseable`): a NaN gap never exceeds a threshold, so such
+a row is dropped, never kept on a guess. Units are judge points (1-10): `improver.gap` /
+`pairs.gap` are in points.
 
 The API key is read from the environment variable named by `scorer.judge.api_key_env`.
 """
@@ -16,26 +18,13 @@ The API key is read from the environment variable named by `scorer.judge.api_key
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 
 from synpo.errors import UserError
+from synpo.evals.verdicts import RATING_SCALE, parse_rating
 from synpo.recipe import ScorerConfig
 
 SYSTEM = "You are a helpful assistant."
-SCALE = (1.0, 10.0)
-_BRACKETS = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
-_LABELLED = re.compile(r"(?:rating|score)\s*[:=]\s*\**\s*(\d+(?:\.\d+)?)", re.I)
-
-
-def parse_rating(text: str) -> float:
-    """The judge's rating in text, or NaN when there is none within the scale."""
-    for pattern in (_BRACKETS, _LABELLED):
-        found = pattern.findall(text or "")
-        if found:
-            value = float(found[-1])
-            return value if SCALE[0] <= value <= SCALE[1] else math.nan
-    return math.nan
 
 
 def render_judge_prompt(template: str, prompt: str, response: str) -> str:
@@ -83,11 +72,13 @@ class JudgeScorer:
             self.engine = OpenAIEngine(self.cfg.judge, model=self.cfg.judge.model)
         completions = self.engine.generate(requests, Sampling(temperature=0.0, max_new_tokens=512))
         self.replies = [c.text for c in completions]
-        scores = [parse_rating(text) for text in self.replies]
+        ratings = [parse_rating(text) for text in self.replies]
+        scores = [math.nan if rating is None else rating for rating in ratings]
         bad = sum(math.isnan(s) for s in scores)
         self.unparseable += bad
         if bad:
-            log(f"[yellow]judge[/yellow]: {bad} of {len(scores)} replies had no rating in {SCALE[0]:g}-{SCALE[1]:g}; "
+            log(f"[yellow]judge[/yellow]: {bad} of {len(scores)} replies had no rating in "
+                f"{RATING_SCALE[0]:g}-{RATING_SCALE[1]:g}; "
                 "those rows score NaN and are dropped")
         return scores
 
