@@ -27,7 +27,9 @@ def check_model_path(path: str) -> None:
         raise UserError(f"{path}: model path does not exist")
 
 
-def _from_pretrained(loader, path: str, what: str, **kwargs):
+def load_pretrained(loader, path: str, what: str, **kwargs):
+    """`loader(path, **kwargs)` (a transformers `from_pretrained`) with the path checked first and
+    a load failure turned into a one-line UserError naming the path and `what` was being loaded."""
     check_model_path(path)
     try:
         return loader(str(Path(path).expanduser()) if Path(path).expanduser().is_dir() else path, **kwargs)
@@ -58,7 +60,7 @@ def chat_template_text(value: str) -> str:
 def load_tokenizer(path: str, trust_remote_code: bool = False, chat_template: str | None = None):
     from transformers import AutoTokenizer
 
-    tok = _from_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=trust_remote_code)
+    tok = load_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=trust_remote_code)
     if chat_template:
         tok.chat_template = chat_template_text(chat_template)
     if tok.chat_template is None:
@@ -106,7 +108,7 @@ def load_causal_lm(path: str, *, dtype: str = "auto", adapter: str | None = None
     kwargs = dict(dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True)
     if quantization:
         kwargs.update(quantization_config=bnb_config(quantization, torch_dtype(dtype)), device_map={"": device})
-    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, path, "model", **kwargs)
+    model = load_pretrained(AutoModelForCausalLM.from_pretrained, path, "model", **kwargs)
     if not quantization:
         model.to(device)
     if adapter:
