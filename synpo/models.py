@@ -1,6 +1,7 @@
 """Loading models and tokenizers from local directories or hub ids, with clear errors.
 
-safetensors only; `trust_remote_code` is off unless the caller (the recipe) turns it on.
+safetensors only; `trust_remote_code` is off unless the caller (the recipe) turns it on. A base
+to train under QLoRA loads quantized here (`bnb_config`); synpo.training.quantization builds on it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ def check_model_path(path: str) -> None:
         raise UserError(f"{path}: model path does not exist")
 
 
-def _from_pretrained(loader, path: str, what: str, **kwargs):
+def load_pretrained(loader, path: str, what: str, **kwargs):
+    """`loader(path, **kwargs)` (a transformers `from_pretrained`) with the path checked first and
+    a load failure turned into a one-line UserError naming the path and `what` was being loaded."""
     check_model_path(path)
     try:
         return loader(str(Path(path).expanduser()) if Path(path).expanduser().is_dir() else path, **kwargs)
@@ -57,7 +60,7 @@ def chat_template_text(value: str) -> str:
 def load_tokenizer(path: str, trust_remote_code: bool = False, chat_template: str | None = None):
     from transformers import AutoTokenizer
 
-    tok = _from_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=trust_remote_code)
+    tok = load_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer", trust_remote_code=trust_remote_code)
     if chat_template:
         tok.chat_template = chat_template_text(chat_template)
     if tok.chat_template is None:
@@ -74,6 +77,29 @@ def torch_dtype(name: str):
             "float16": torch.float16}[name]
 
 
+def _require_bnb():
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UserError("train.quantization needs bitsandbytes: pip install -e '.[bnb]'") from None
+
+
+def bnb_config(quantization: str, compute_dtype=None):
+    """transformers' BitsAndBytesConfig for "4bit" (NF4, double quantization) or "8bit" (LLM.int8)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    _require_bnb()
+    if compute_dtype is None or compute_dtype == "auto":
+        compute_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise UserError(f"train.quantization: {quantization!r} is not one of 4bit, 8bit")
+
+
 def load_causal_lm(path: str, *, dtype: str = "auto", adapter: str | None = None, device: str = "cpu",
                    trust_remote_code: bool = False, quantization: str | None = None):
     """A causal LM ready for inference or training; a PEFT adapter, if given, merged in."""
@@ -81,10 +107,8 @@ def load_causal_lm(path: str, *, dtype: str = "auto", adapter: str | None = None
 
     kwargs = dict(dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True)
     if quantization:
-        from synpo.training.quantization import bnb_config
-
         kwargs.update(quantization_config=bnb_config(quantization, torch_dtype(dtype)), device_map={"": device})
-    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, path, "model", **kwargs)
+    model = load_pretrained(AutoModelForCausalLM.from_pretrained, path, "model", **kwargs)
     if not quantization:
         model.to(device)
     if adapter:

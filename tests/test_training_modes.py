@@ -155,7 +155,7 @@ def _bnb_runs_here() -> bool:
     if importlib.util.find_spec("bitsandbytes") is None:
         return False
     try:
-        from synpo.training.quantization import bnb_config
+        from synpo.models import bnb_config
 
         bnb_config("4bit")
         return True

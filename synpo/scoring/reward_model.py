@@ -86,10 +86,10 @@ class RewardModelScorer:
             return
         from transformers import AutoTokenizer
 
-        from synpo.models import _from_pretrained
+        from synpo.models import load_pretrained
 
-        self.tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, self.path, "reward model tokenizer",
-                                          trust_remote_code=self.cfg.trust_remote_code)
+        self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, self.path, "reward model tokenizer",
+                                         trust_remote_code=self.cfg.trust_remote_code)
         if self.tokenizer.chat_template is None:
             raise UserError(f"scorer.path: {self.path}: the reward model's tokenizer has no chat template; "
                             "a reward model is scored on its own chat format")
@@ -100,7 +100,7 @@ class RewardModelScorer:
         import torch
         from transformers import AutoModelForSequenceClassification
 
-        from synpo.models import _from_pretrained
+        from synpo.models import load_pretrained
 
         device = self.device
         if device == "auto":
@@ -109,8 +109,8 @@ class RewardModelScorer:
         trust = self.cfg.trust_remote_code
         self._load_tokenizer()
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        model = _from_pretrained(AutoModelForSequenceClassification.from_pretrained, self.path, "reward model",
-                                 dtype=dtype, trust_remote_code=trust, use_safetensors=True)
+        model = load_pretrained(AutoModelForSequenceClassification.from_pretrained, self.path, "reward model",
+                                dtype=dtype, trust_remote_code=trust, use_safetensors=True)
         self.model = model.to(device).eval()
 
     def close(self) -> None:

@@ -1,6 +1,6 @@
 """QLoRA: a 4-bit or 8-bit base model (bitsandbytes, extra `bnb`) under a trainable LoRA adapter.
 
-`bnb_config` builds the transformers quantization config the loader passes to
+`synpo.models.bnb_config` builds the transformers quantization config the loader passes to
 `from_pretrained`. bitsandbytes >= 0.45 also runs on CPU (measured here with 0.50: NF4 and
 int8 layers load, run forward and backward, and LoRA on top trains); on a GPU it is the
 usual CUDA build.
@@ -13,30 +13,7 @@ merged into that (see synpo.training.merge).
 
 from __future__ import annotations
 
-from synpo.errors import UserError
-
-
-def _require_bnb():
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise UserError("train.quantization needs bitsandbytes: pip install -e '.[bnb]'") from None
-
-
-def bnb_config(quantization: str, compute_dtype=None):
-    """transformers' BitsAndBytesConfig for "4bit" (NF4, double quantization) or "8bit" (LLM.int8)."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    _require_bnb()
-    if compute_dtype is None or compute_dtype == "auto":
-        compute_dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if quantization == "4bit":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype)
-    if quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    raise UserError(f"train.quantization: {quantization!r} is not one of 4bit, 8bit")
+from synpo.models import load_causal_lm
 
 
 def is_quantized_weight(weight) -> bool:
@@ -60,8 +37,6 @@ def dequantized_base(trained, base_path: str, *, dtype: str = "auto", trust_remo
     on a bitsandbytes base) replaced by its dequantized value, on CPU."""
     import torch
     from peft.utils.integrations import dequantize_bnb_weight
-
-    from synpo.models import load_causal_lm
 
     base = load_causal_lm(base_path, dtype=dtype, device="cpu", trust_remote_code=trust_remote_code)
     modules = dict(base.named_modules())
