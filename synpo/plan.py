@@ -810,13 +810,13 @@ def main(recipe_path: str, overrides: list[str], gpus_spec: str | None) -> int:
 
     from rich.console import Console
 
-    from synpo.recipe import _check_files, load_recipe
+    from synpo.recipe import load_recipe, missing_files
     from synpo.scoring.reward_model import check_remote_code
 
     gpus = parse_gpus(gpus_spec) if gpus_spec else None
     recipe = load_recipe(recipe_path, overrides, check_files=False)
     console = Console(width=None if sys.stdout.isatty() else 250)
-    for problem in _check_files(recipe, recipe_path):
+    for problem in missing_files(recipe, recipe_path):
         console.print(f"[yellow]warning[/yellow] (checked again when the run starts): {problem}")
     if recipe.scorer.kind == "reward_model":
         config, _ = read_config(recipe.scorer.path)

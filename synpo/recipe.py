@@ -520,7 +520,7 @@ def _format_errors(source: str, error: ValidationError) -> list[str]:
     return lines
 
 
-def _check_files(recipe: Recipe, source: str) -> list[str]:
+def missing_files(recipe: Recipe, source: str) -> list[str]:
     from synpo.models import check_model_path
 
     problems = []
@@ -622,7 +622,7 @@ def load_recipe(path: str | Path | None, overrides: list[str] = (), check_files:
     except ValidationError as e:
         raise UserError("\n".join(_format_errors(source, e))) from None
     if check_files:
-        problems = _check_files(recipe, source)
+        problems = missing_files(recipe, source)
         if problems:
             raise UserError("\n".join(problems))
     return recipe

@@ -25,26 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "synpo"
 
-# KNOWN VIOLATIONS, being removed in this change (issue 12): each entry names exactly what is
-# wrong; fix the code, then delete its entry (a stale entry fails the test too). These lists are
-# meant to be empty.
+# Known exceptions, each naming exactly what is wrong (none today): fix the code, then delete the
+# entry (a stale entry fails the test too).
 # The modules of one import cycle, sorted (a smaller cycle inside one of these passes):
-KNOWN_CYCLES: list[tuple[str, ...]] = [
-    # make_scorer (synpo/scoring/__init__.py) imports the scorers, whose workers
-    # (scoring/parallel.py) import make_scorer back
-    ("synpo.scoring", "synpo.scoring.pairwise", "synpo.scoring.parallel", "synpo.scoring.reward_model"),
-]
+KNOWN_CYCLES: list[tuple[str, ...]] = []
 # (importing module, the private name it imports):
-KNOWN_PRIVATE_IMPORTS: list[tuple[str, str]] = [
-    ("synpo.plan", "synpo.recipe._check_files"),
-]
+KNOWN_PRIVATE_IMPORTS: list[tuple[str, str]] = []
 # (file relative to the root, what it cites):
-KNOWN_FOREIGN_CITATIONS: list[tuple[str, str]] = [
-    ("synpo/evals/data/SOURCES.md", "../shared"),
-    ("synpo/evals/datasets.py", "../shared"),
-    ("recipes/llama3-8b-synpo.yaml", "DESIGN.md"),
-    ("recipes/mistral-7b-synpo.yaml", "DESIGN.md"),
-]
+KNOWN_FOREIGN_CITATIONS: list[tuple[str, str]] = []
 
 
 def module_name(path: Path) -> str:

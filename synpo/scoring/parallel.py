@@ -29,28 +29,6 @@ def wants_workers(cfg: ScorerConfig, device: str, ray_address: str | None) -> bo
     return False
 
 
-class ScorerServer:
-    """What a worker serves: one scorer (data_parallel_size 1) on its own device."""
-
-    def __init__(self, cfg: dict, device: str):
-        from synpo.scoring import make_scorer
-
-        self.scorer = make_scorer(ScorerConfig(**{**cfg, "data_parallel_size": 1}), device=device)
-
-    def score_batches(self, batches: list[list[list[int]]]) -> list[list[float]]:
-        self.scorer._load()
-        return [self.scorer._score_batch(batch) for batch in batches]
-
-    def compare(self, prompts, better, worse) -> list[float]:
-        return self.scorer.compare(prompts, better, worse)
-
-    def rank(self, prompts, candidates) -> list[list[float]]:
-        return self.scorer.rank(prompts, candidates)
-
-    def close(self) -> None:
-        self.scorer.close()
-
-
 class ScoringWorkers:
     """Started on the first call, closed with the scorer (the GPUs go back between stages)."""
 
@@ -62,7 +40,7 @@ class ScoringWorkers:
         if self.pool is None:
             from synpo.parallel import Pool, Spec
 
-            spec = Spec("synpo.scoring.parallel:ScorerServer", [self.cfg.model_dump(mode="json"), self.device])
+            spec = Spec("synpo.scoring.server:ScorerServer", [self.cfg.model_dump(mode="json"), self.device])
             self.pool = Pool(spec, count=self.cfg.data_parallel_size, gpus_per_worker=1,
                              ray_address=self.ray_address, field_name="scorer.data_parallel_size")
         return self.pool
