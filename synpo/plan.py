@@ -628,7 +628,7 @@ def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
         memory = training_memory(theta0, cfg, layout, preference, r.train.loss if preference else None)
         adapter = {"full": "full", "lora": f"LoRA r={cfg.lora.r}", "periodic_lora": f"PeriodicLoRA r={cfg.lora.r}"}
         name = adapter[cfg.adapter] + (f" {cfg.quantization}" if cfg.quantization else "")
-        what = {"simpo": "SimPO ", "dpo": "DPO "}[r.train.loss] if preference else "SFT "
+        what = {"simpo": "SimPO ", "dpo": "DPO ", "sft": "SFT (chosen) "}[r.train.loss] if preference else "SFT "
         epochs = cfg.epochs if not cfg.max_steps else None
         rows_label = f"≤{_fmt(rows)} pairs" if preference else f"≤{_fmt(rows)} rows"
         tokens = (_fmt(rows * epochs * cfg.max_length * (2 if preference else 1), "≤")

@@ -245,3 +245,28 @@ def test_plan_hours_before_and_after_data_parallelism(capsys):
     out = capsys.readouterr().out
     assert "estimated hours on 8 x A100-80G" in out and "total" in out
     assert "vLLM tp=1 x8" in out and "reward model, batch 16 x8" in out  # the default: one per GPU
+
+
+def test_plan_walks_the_loops_stage_list_for_every_variant():
+    """synpo plan and the loop walk one stage list: the ablations' and the SFT control's stages appear
+    in the plan exactly as the loop runs them."""
+    from synpo.iterate import run_stages
+
+    base = ROOT / "recipes" / "tiny-cpu.yaml"
+    for overrides in ([], ["train.loss=sft"], ["improver.trained=false"], ["prompt_generator.enabled=false"],
+                      ["pairs.strategy=sampling_ranking"], ["train.start=previous"]):
+        recipe = load_recipe(base, overrides)
+        steps, _ = build_plan(recipe)
+        stages = run_stages(recipe)
+        names = [s.stage for s in steps]
+        assert names.count("improver R_t") == sum(s.key.endswith("/improver") for s in stages), overrides
+        assert names.count("prompt generator G") == sum(s.key == "prompt_generator" for s in stages), overrides
+        assert names.count("prompts") == sum(type(s.inputs).__name__ == "PromptWriting" for s in stages)
+        assert names.count("policy θ_t") == recipe.rounds
+        policy = [s for s in steps if s.stage == "policy θ_t"]
+        if overrides == ["train.loss=sft"]:
+            assert policy[0].runs_as.startswith("SFT (chosen)")
+        if overrides == ["train.start=previous"]:
+            assert [s.model for s in policy] == ["θ0 → θ1", "θ1 → θ2", "θ2 → θ3"]
+        if overrides == ["pairs.strategy=sampling_ranking"]:
+            assert "responses (π_{t-1} x4)" in names and "refine" not in names
