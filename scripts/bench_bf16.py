@@ -52,7 +52,9 @@ def _pairs(n: int, out: Path) -> Path:
 def _job(out: Path, data: Path, dtype: str, adapter: str, steps: int) -> dict:
     import yaml
 
+    from synpo.recipe import ModelConfig, PolicyTrainConfig
     from synpo.toy import TINY_MODEL
+    from synpo.training.job import TrainingJob
 
     train = yaml.safe_load((ROOT / "recipes" / "tiny-cpu.yaml").read_text())["train"]
     train = {k: v for k, v in train.items() if k not in ("epochs", "start")}
@@ -62,10 +64,11 @@ def _job(out: Path, data: Path, dtype: str, adapter: str, steps: int) -> dict:
     name = f"{dtype}-{adapter}"
     work = out / name / "work"
     work.mkdir(parents=True, exist_ok=True)
-    spec = {"kind": "preference", "model": str(TINY_MODEL), "data": str(data), "output": str(out / name / "model"),
-            "work_dir": str(work), "seed": 0, "merge": True, "dtype": dtype, "threads": 1, "train": train}
-    spec_path = work / "spec.json"
-    spec_path.write_text(json.dumps(spec))
+    job = TrainingJob(kind="preference", model=str(TINY_MODEL), base=ModelConfig(path=str(TINY_MODEL), dtype=dtype),
+                      data=str(data), output=str(out / name / "model"), work_dir=str(work), seed=0, merge=True,
+                      threads=1, train=PolicyTrainConfig.model_validate(train))
+    spec_path = work / "job.json"
+    spec_path.write_text(job.model_dump_json())
     started = time.time()
     if not (out / name / "model" / "train_metrics.json").exists():
         subprocess.run([sys.executable, "-m", "synpo.training.launch", str(spec_path)], check=True)

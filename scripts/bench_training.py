@@ -87,14 +87,18 @@ LOSS_SETTINGS = {"dpo": {}, "simpo": {"beta": 2.0, "gamma": 1.0}}  # SimPO's β 
 def run_cell(out: Path, model: Path, pairs: Path, loss: str, mode: str, steps: int, evaluate: bool) -> dict:
     work = out / "cells" / f"{model.name}-{loss}-{mode}"
     shutil.rmtree(work, ignore_errors=True)  # a fresh job each pass (no cached reference log-probs)
-    spec = {"kind": "preference", "model": str(model), "data": str(pairs), "output": str(work / "policy"),
-            "work_dir": str(work / "work"), "seed": 0, "merge": True, "dtype": "float32", "threads": 1,
-            "train": {**recipe_train_section(), **LOSS_SETTINGS[loss], "loss": loss, "adapter": mode,
-                      "max_steps": steps, "scheduler": "cosine", "max_length": 256,
-                      **({"periodic": {"stages": 4}} if mode == "periodic_lora" else {})}}
-    Path(spec["work_dir"]).mkdir(parents=True, exist_ok=True)
-    spec_path = work / "spec.json"
-    spec_path.write_text(json.dumps(spec))
+    from synpo.recipe import ModelConfig, PolicyTrainConfig
+    from synpo.training.job import TrainingJob
+
+    train = {**recipe_train_section(), **LOSS_SETTINGS[loss], "loss": loss, "adapter": mode, "max_steps": steps,
+             "scheduler": "cosine", "max_length": 256,
+             **({"periodic": {"stages": 4}} if mode == "periodic_lora" else {})}
+    job = TrainingJob(kind="preference", model=str(model), base=ModelConfig(path=str(model), dtype="float32"),
+                      data=str(pairs), output=str(work / "policy"), work_dir=str(work / "work"), seed=0, merge=True,
+                      threads=1, train=PolicyTrainConfig.model_validate(train))
+    Path(job.work_dir).mkdir(parents=True, exist_ok=True)
+    spec_path = work / "job.json"
+    spec_path.write_text(job.model_dump_json())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SYNPO_QUIET": "1", "TRL_EXPERIMENTAL_SILENCE": "1",
            "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, __file__, "--child", str(spec_path)] + (["--evaluate"] if evaluate else [])
@@ -104,7 +108,7 @@ def run_cell(out: Path, model: Path, pairs: Path, loss: str, mode: str, steps: i
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def child(spec_path: str, evaluate: bool) -> None:
+def child(job_path: str, evaluate: bool) -> None:
     import torch
 
     torch.set_num_threads(1)
@@ -114,6 +118,7 @@ def child(spec_path: str, evaluate: bool) -> None:
     import resource
 
     import synpo.training.merge as merge
+    from synpo.training.job import TrainingJob
     from synpo.training.trainers import train
 
     peak = {}
@@ -129,14 +134,14 @@ def child(spec_path: str, evaluate: bool) -> None:
     from trl.experimental.cpo import CPOTrainer  # noqa: F401
 
     baseline_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    spec = json.loads(Path(spec_path).read_text())
+    job = TrainingJob.model_validate_json(Path(job_path).read_text())
     started = time.perf_counter()
-    metrics = train(spec)
+    metrics = train(job)
     result = {"s_per_step": metrics["train_seconds"] / metrics["steps"], "final_loss": metrics.get("final_loss"),
               "steps": metrics["steps"], "job_s": time.perf_counter() - started,
               "peak_rss_mb": peak["kb"] / 1024, "train_mb": (peak["kb"] - baseline_kb) / 1024}
     if evaluate:
-        result["toy_acc"] = toy_accuracy(spec["output"])
+        result["toy_acc"] = toy_accuracy(job.output)
     print(json.dumps(result))
 
 

@@ -314,20 +314,17 @@ class Layout:
 
 def training_layout(cfg: TrainConfig) -> Layout:
     """From the train section's accelerate config (a YAML file) and num_processes."""
-    layout = Layout(processes=cfg.num_processes or 1, kind="ddp" if (cfg.num_processes or 1) > 1 else "single")
-    if not cfg.accelerate_config:
-        return layout
-    import yaml
+    from synpo.training.distributed import read_accelerate_config
 
-    path = Path(resolve_path(cfg.accelerate_config))
-    if not path.is_file():
-        raise UserError(f"accelerate_config: file does not exist: {cfg.accelerate_config}")
-    acc = yaml.safe_load(path.read_text()) or {}
+    acc = read_accelerate_config(cfg)
+    layout = Layout(processes=acc.processes, kind="ddp" if acc.processes > 1 else "single")
+    if acc.path is None:
+        return layout
+    path, settings = acc.path, acc.settings
     layout.source = str(cfg.accelerate_config)
-    layout.processes = cfg.num_processes or int(acc.get("num_processes") or 1)
-    kind = str(acc.get("distributed_type", "NO")).upper()
+    kind = str(settings.get("distributed_type", "NO")).upper()
     if kind == "DEEPSPEED":
-        ds = acc.get("deepspeed_config") or {}
+        ds = settings.get("deepspeed_config") or {}
         layout.kind = "deepspeed"
         layout.zero_stage = int(ds.get("zero_stage", 0))
         layout.offload_optimizer = str(ds.get("offload_optimizer_device", "none")).lower() not in ("none", "")

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import run_iterate
 from safetensors.torch import load_file
-from training_utils import job_spec, preference_rows, tiny_policy
+from training_utils import preference_rows, tiny_policy, training_job
 
 from synpo.io import read_jsonl
 
@@ -27,22 +27,22 @@ def test_sft_loss_trains_the_chosen_side_exactly_as_sft_does(tmp_path):
     policy = tiny_policy(tmp_path / "policy")
     pairs = preference_rows(24)
     common = dict(adapter="full", max_steps=4, learning_rate=1e-3)
-    as_pairs = job_spec(tmp_path, policy, "preference", pairs, name="pairs", loss="sft", **common)
+    as_pairs = training_job(tmp_path, policy, "preference", pairs, name="pairs", loss="sft", **common)
     other_rejected = [{**p, "rejected": [{"role": "assistant", "content": "something else entirely"}]} for p in pairs]
-    as_pairs_2 = job_spec(tmp_path, policy, "preference", other_rejected, name="pairs2", loss="sft", **common)
-    as_sft = job_spec(tmp_path, policy, "sft", [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs],
-                      name="sft", **common)
-    results = [train(spec) for spec in (as_pairs, as_pairs_2, as_sft)]
+    as_pairs_2 = training_job(tmp_path, policy, "preference", other_rejected, name="pairs2", loss="sft", **common)
+    as_sft = training_job(tmp_path, policy, "sft", [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs],
+                          name="sft", **common)
+    results = [train(job) for job in (as_pairs, as_pairs_2, as_sft)]
     assert results[0]["steps"] == 4 and results[0]["train_loss"] > 0
     assert results[0]["train_loss"] == results[1]["train_loss"] == results[2]["train_loss"]
-    weights = [load_file(str(Path(s["output"]) / "model.safetensors")) for s in (as_pairs, as_pairs_2, as_sft)]
+    weights = [load_file(str(Path(job.output) / "model.safetensors")) for job in (as_pairs, as_pairs_2, as_sft)]
     start = load_file(str(policy / "model.safetensors"))
     name = next(k for k in weights[0] if "layers.0.self_attn.q_proj" in k)
     assert not torch.equal(weights[0][name], start[name])  # it trained
     for other in weights[1:]:
         assert all(torch.equal(weights[0][k], other[k]) for k in weights[0])
 
-    dpo = job_spec(tmp_path, policy, "preference", pairs, name="dpo", loss="dpo", beta=0.1, **common)
+    dpo = training_job(tmp_path, policy, "preference", pairs, name="dpo", loss="dpo", beta=0.1, **common)
     assert train(dpo)["train_loss"] != results[0]["train_loss"]  # a preference loss is something else
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_utils import job_spec, preference_rows, tiny_policy
+from training_utils import preference_rows, tiny_policy, training_job
 
 from synpo.training.periodic_lora import fold_lora, lora_layers
 
@@ -25,10 +25,8 @@ def _weights(directory) -> dict[str, torch.Tensor]:
 def _one_full_step(tmp_path, policy, dtype: str) -> dict[str, torch.Tensor]:
     from synpo.training.trainers import train
 
-    spec = job_spec(tmp_path, policy, "preference", preference_rows(8), name=dtype, adapter="full",
-                    learning_rate=1e-6, max_steps=1, batch_size=4, loss="dpo", beta=0.1)
-    spec["dtype"] = dtype
-    train(spec)
+    train(training_job(tmp_path, policy, "preference", preference_rows(8), name=dtype, dtype=dtype, adapter="full",
+                       learning_rate=1e-6, max_steps=1, batch_size=4, loss="dpo", beta=0.1))
     before, after = _weights(policy), _weights(tmp_path / dtype / "out")
     return {k: after[k] - before[k] for k in before}
 

@@ -20,7 +20,7 @@ import types
 import pytest
 import real_tokenizers
 import torch
-from training_utils import job_spec
+from training_utils import training_job
 
 from synpo.engines.hf import eos_ids, render_chat
 from synpo.engines.vllm_worker import stop_token_ids
@@ -144,11 +144,10 @@ def test_stop_ids_include_the_end_of_turn_token(case):
         assert end_of_turn != tokenizer.eos_token_id
 
 
-def _spec(tmp_path, case, kind, rows, **train):
+def _job(tmp_path, case, kind, rows, **train):
     _, _, model_dir, template = case
-    spec = job_spec(tmp_path, model_dir, kind, rows, adapter="full", max_length=MAX_LENGTH, batch_size=2, **train)
-    spec["chat_template"] = template
-    return spec
+    return training_job(tmp_path, model_dir, kind, rows, chat_template=template, adapter="full", max_length=MAX_LENGTH,
+                        batch_size=2, **train)
 
 
 def _rows(kind):
@@ -165,7 +164,7 @@ def test_training_ids_are_the_chat_template_ids(tmp_path, case, kind, loss):
     _, name, _, _ = case
     tokenizer = _tokenizer(case)
     train = {"loss": loss, "beta": 0.1} if loss else {}
-    trainer, _, dropped = build_trainer(_spec(tmp_path, case, kind, _rows(kind), **train))
+    trainer, _, dropped = build_trainer(_job(tmp_path, case, kind, _rows(kind), **train))
     assert dropped == 1 and len(trainer.train_dataset) == 1  # the long prompt, counted
     row = trainer.train_dataset[0]
     prompt_ids = render_chat(tokenizer, PROMPT)
@@ -198,8 +197,7 @@ def test_an_over_long_prompt_is_dropped_counted_and_the_loss_is_finite(tmp_path,
         pytest.skip("SFT and DPO: one case is enough (their tokenisation is checked for every case above)")
     rows = _rows(kind)
     rows = [rows[0]] * 3 + [rows[1]]
-    spec = _spec(tmp_path, case, kind, rows, max_steps=2, **({"loss": loss, "beta": 2.0, "gamma": 0.5}
-                                                                  if loss else {}))
-    metrics = train(spec)
+    job = _job(tmp_path, case, kind, rows, max_steps=2, **({"loss": loss, "beta": 2.0, "gamma": 0.5} if loss else {}))
+    metrics = train(job)
     assert metrics["dropped_long_prompts"] == 1 and metrics["train_rows"] == 3
     assert math.isfinite(metrics["train_loss"])  # the mean over the steps: one NaN step makes it NaN

@@ -208,14 +208,14 @@ def test_dpo_reference_stays_fixed_across_folds(tmp_path, policy):
 
 def test_resume_after_folds_restores_the_folded_base(tmp_path, policy, monkeypatch):
     """A run killed after a fold and resumed from its checkpoint ends where an uninterrupted run ends."""
-    from training_utils import job_spec
+    from training_utils import training_job
 
     import synpo.training.trainers as trainers
 
     rows = preference_rows(32)
     common = dict(adapter="periodic_lora", periodic={"stage_steps": 2}, max_steps=6, scheduler="cosine",
                   warmup_ratio=0.2)
-    whole = job_spec(tmp_path, policy, "preference", rows, name="whole", **common)
+    whole = training_job(tmp_path, policy, "preference", rows, name="whole", **common)
     trainers.train(whole)
 
     class Kill(TrainerCallback):
@@ -223,7 +223,7 @@ def test_resume_after_folds_restores_the_folded_base(tmp_path, policy, monkeypat
             if state.global_step == 5:
                 raise KeyboardInterrupt("killed")
 
-    resumed = job_spec(tmp_path, policy, "preference", rows, name="resumed", checkpoint_steps=4, **common)
+    resumed = training_job(tmp_path, policy, "preference", rows, name="resumed", checkpoint_steps=4, **common)
     real_callbacks = trainers._callbacks
     monkeypatch.setattr(trainers, "_callbacks", lambda cfg, model: real_callbacks(cfg, model) + [Kill()])
     with pytest.raises(KeyboardInterrupt):
@@ -235,8 +235,8 @@ def test_resume_after_folds_restores_the_folded_base(tmp_path, policy, monkeypat
 
     from safetensors.torch import load_file
 
-    a = load_file(f"{whole['output']}/model.safetensors")
-    b = load_file(f"{resumed['output']}/model.safetensors")
+    a = load_file(f"{whole.output}/model.safetensors")
+    b = load_file(f"{resumed.output}/model.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
 

@@ -1,4 +1,4 @@
-"""Small builders shared by the training tests: a random tiny policy, toy rows, a job spec."""
+"""Small builders shared by the training tests: a random tiny policy, toy rows, a training job."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import json
 import random
 from pathlib import Path
 
+from synpo.recipe import ModelConfig, PolicyTrainConfig, TrainConfig
 from synpo.toy import DATA, TINY_MODEL
+from synpo.training.job import TrainingJob
 
 
 def tiny_policy(out_dir: Path, seed: int = 0, **arch) -> Path:
@@ -42,8 +44,9 @@ def sft_rows(n: int) -> list[dict]:
              "completion": [{"role": "assistant", "content": r["response"]}]} for r in seed_rows(n)]
 
 
-def job_spec(tmp: Path, model: Path, kind: str, rows: list[dict], name: str = "job", **train) -> dict:
-    """A `synpo.training.trainers.train` spec writing into tmp/name."""
+def training_job(tmp: Path, model: Path, kind: str, rows: list[dict], name: str = "job", *, dtype: str = "float32",
+                 chat_template: str | None = None, merge: bool | None = None, **train) -> TrainingJob:
+    """A `synpo.training.trainers.train` job on `rows`, writing into tmp/name (merged when a preference job)."""
     from synpo.io import write_jsonl
 
     work = tmp / name / "work"
@@ -52,8 +55,12 @@ def job_spec(tmp: Path, model: Path, kind: str, rows: list[dict], name: str = "j
     write_jsonl(data, rows)
     defaults = dict(learning_rate=1e-3, batch_size=4, max_steps=6, warmup_ratio=0.0, scheduler="constant_with_warmup",
                     max_length=128, lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"})
+    section = TrainConfig
     if kind == "preference":
         defaults.update(loss="simpo", beta=2.0, gamma=0.5, nll_weight=0.0)
-    return {"kind": kind, "model": str(model), "data": str(data), "output": str(tmp / name / "out"),
-            "work_dir": str(work), "seed": 0, "merge": kind == "preference", "dtype": "float32",
-            "threads": 1, "train": {**defaults, **train}}
+        section = PolicyTrainConfig
+    return TrainingJob(kind=kind, model=str(model), base=ModelConfig(path=str(model), dtype=dtype,
+                                                                     chat_template=chat_template),
+                       data=str(data), output=str(tmp / name / "out"), work_dir=str(work), seed=0,
+                       merge=kind == "preference" if merge is None else merge, threads=1,
+                       train=section.model_validate({**defaults, **train}))

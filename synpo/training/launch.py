@@ -1,22 +1,22 @@
-"""Entry point of a training job in its own process: `python -m synpo.training.launch SPEC.json`.
+"""Entry point of a training job in its own process: `python -m synpo.training.launch JOB.json`.
 
-`accelerate launch ... -m synpo.training.launch SPEC.json` runs the same job on several
-processes; the orchestrator writes SPEC.json (see synpo.stages.train).
+`accelerate launch ... -m synpo.training.launch JOB.json` runs the same job on several
+processes; the orchestrator writes JOB.json, a `TrainingJob` (see synpo.stages.train).
 """
 
-import json
 import sys
+from pathlib import Path
 
+from synpo.training.job import TrainingJob
 from synpo.training.trainers import train
 
 
 def main() -> None:
+    job = TrainingJob.model_validate_json(Path(sys.argv[1]).read_text())  # a bad job fails before any library loads
     from synpo.progress import quiet_libraries
 
     quiet_libraries()
-    with open(sys.argv[1]) as f:
-        spec = json.load(f)
-    train(spec)
+    train(job)
 
 
 if __name__ == "__main__":

@@ -22,25 +22,15 @@ from pathlib import Path
 
 from synpo.io import atomic_dir
 from synpo.progress import log
+from synpo.training.job import TrainingJob
 
 
-def load_trained(path: str, base: str | None = None, **kwargs):
-    """Load a model saved by `save_trained` (a full model, or base + adapter merged)."""
-    from synpo.models import load_causal_lm
-
-    meta = Path(path) / "synpo_model.json"
-    if meta.exists():
-        info = json.loads(meta.read_text())
-        return load_causal_lm(base or info["base"], adapter=path, **kwargs)
-    return load_causal_lm(path, **kwargs)
-
-
-def save_trained(trainer, tokenizer, spec: dict, merge: bool, metrics: dict) -> None:
+def save_trained(trainer, tokenizer, job: TrainingJob, metrics: dict) -> None:
     """Called on every rank (ZeRO-3 gathers weights in save_model); rank 0 writes the output."""
     from peft import PeftModel
 
-    adapter = spec["train"].get("adapter", "lora")
-    staging = Path(spec["work_dir"]) / "staging"
+    adapter = job.train.adapter
+    staging = Path(job.work_dir) / "staging"
     is_main = trainer.accelerator.is_main_process
     gathered = None
     if adapter != "periodic_lora":
@@ -57,53 +47,53 @@ def save_trained(trainer, tokenizer, spec: dict, merge: bool, metrics: dict) -> 
         unset_hf_deepspeed_config()
     if not is_main:
         return
-    with atomic_dir(spec["output"]) as tmp:
+    with atomic_dir(job.output) as tmp:
         model = trainer.accelerator.unwrap_model(trainer.model)
         if adapter == "periodic_lora":
             if gathered is not None:
-                _base_from_peft_state(gathered, spec).save_pretrained(tmp, safe_serialization=True)
+                _base_from_peft_state(gathered, job).save_pretrained(tmp, safe_serialization=True)
             else:  # the callback folded the last stage at train end: merging adds a zero adapter
                 model.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
-        elif isinstance(model, PeftModel) and merge:
-            _merged_lora(model, spec, staging).save_pretrained(tmp, safe_serialization=True)
+        elif isinstance(model, PeftModel) and job.merge:
+            _merged_lora(model, job, staging).save_pretrained(tmp, safe_serialization=True)
         else:
             for item in staging.iterdir():
                 if item.name not in ("training_args.bin",) and not item.name.startswith("tokenizer"):
                     (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
             if isinstance(model, PeftModel):
-                (tmp / "synpo_model.json").write_text(json.dumps({"base": spec["model"]}) + "\n")
+                (tmp / "synpo_model.json").write_text(json.dumps({"base": job.model}) + "\n")
         tokenizer.save_pretrained(tmp)
-        _copy_generation_config(spec["model"], tmp)
+        _copy_generation_config(job.model, tmp)
         (tmp / "train_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _merged_lora(model, spec: dict, staging: Path):
+def _merged_lora(model, job: TrainingJob, staging: Path):
     """The saved adapter merged into a full-precision base (CPU). A quantized base is dequantized
     first: the adapter then sits on exactly the weights it was trained against."""
     from peft import PeftModel
 
     from synpo.models import load_causal_lm
 
-    dtype, trust = spec.get("dtype", "auto"), spec.get("trust_remote_code", False)
-    quantization = spec["train"].get("quantization")
+    dtype, trust = job.base.dtype, job.base.trust_remote_code
+    quantization = job.train.quantization
     if not quantization:
-        return load_causal_lm(spec["model"], dtype=dtype, adapter=str(staging), device="cpu", trust_remote_code=trust)
+        return load_causal_lm(job.model, dtype=dtype, adapter=str(staging), device="cpu", trust_remote_code=trust)
     from synpo.training.quantization import dequantized_base
 
     log(f"merging: the {quantization} base is dequantized to {dtype} before the adapter is merged "
         "(a quantized layer cannot hold merged weights)")
-    base = dequantized_base(model, spec["model"], dtype=dtype, trust_remote_code=trust)
+    base = dequantized_base(model, job.model, dtype=dtype, trust_remote_code=trust)
     return PeftModel.from_pretrained(base, str(staging)).merge_and_unload()
 
 
-def _base_from_peft_state(state: dict, spec: dict):
+def _base_from_peft_state(state: dict, job: TrainingJob):
     """A base model loaded with the base weights of a PEFT model's full state dict (LoRA dropped:
     after PeriodicLoRA's final fold the adapter is zero and the base holds the whole update)."""
     from synpo.models import load_causal_lm
 
-    base = load_causal_lm(spec["model"], dtype=spec.get("dtype", "auto"), device="cpu",
-                          trust_remote_code=spec.get("trust_remote_code", False))
+    base = load_causal_lm(job.model, dtype=job.base.dtype, device="cpu",
+                          trust_remote_code=job.base.trust_remote_code)
     weights = {}
     for key, value in state.items():
         if "lora_" in key:

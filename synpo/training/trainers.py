@@ -1,9 +1,10 @@
 """Training with TRL: SFT for the prompt generator and the improver, DPO or SimPO for the policy.
 
-A training job is described by a JSON-able `spec` (model path, data file, the recipe's train
-section, output directory, seed) so the same function runs in-process, as a child process,
-or under `accelerate launch` (see `synpo.training.launch`). This module only wires recipes
-to TRL/PEFT: the losses are TRL's, LoRA is PEFT's. What TRL lacks lives beside it:
+A training job is a `TrainingJob` (synpo.training.job: start weights, data file, the recipe's
+train section, output directory, seed), JSON-able so the same function runs in-process, as a
+child process, or under `accelerate launch` (see `synpo.training.launch`). This module only wires
+recipes to TRL/PEFT: the losses are TRL's, LoRA is PEFT's; `trl_arguments` is the one place the
+recipe's option names become TRL's config fields. What TRL lacks lives beside it:
 PeriodicLoRA (`periodic_lora.py`), merging (`merge.py`).
 """
 
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
-from synpo.recipe import PolicyTrainConfig, TrainConfig
+from synpo.recipe import TrainConfig
+from synpo.training.job import Tracking, TrainingJob
 
 
 def _device_is_cuda() -> bool:
@@ -26,11 +29,19 @@ def _bf16_autocast(dtype: str) -> bool:
     return dtype == "bfloat16" or (dtype == "auto" and _device_is_cuda())
 
 
-def _common_args(cfg: TrainConfig, out_dir: str, seed: int, dtype: str) -> dict:
+def trainer_loss(job: TrainingJob) -> Literal["sft", "dpo", "simpo"]:
+    """The TRL trainer that runs the job: SFT for an SFT job and for `loss: sft` on pairs."""
+    return "sft" if job.kind == "sft" or job.train.loss == "sft" else job.train.loss
+
+
+def trl_arguments(job: TrainingJob, output_dir: str) -> dict:
+    """The job's train section in TRL's field names (SFTConfig, DPOConfig or CPOConfig, by
+    `trainer_loss`): the one place the recipe's option names meet TRL's."""
+    cfg, seed, dtype = job.train, job.seed, job.base.dtype
     cuda = _device_is_cuda()
     checkpoints = cfg.checkpoint_steps is not None
-    return dict(
-        output_dir=out_dir,
+    args = dict(
+        output_dir=output_dir,
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
@@ -51,11 +62,27 @@ def _common_args(cfg: TrainConfig, out_dir: str, seed: int, dtype: str) -> dict:
         save_steps=cfg.checkpoint_steps or 500,
         save_total_limit=2,
         save_only_model=False,
-        report_to=[],
+        report_to=list(job.tracking.report_to) if job.tracking else [],
         disable_tqdm=os.environ.get("SYNPO_QUIET") == "1",
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
+        max_length=cfg.max_length,
     )
+    if args["report_to"]:
+        args["run_name"] = f"{job.tracking.run}/{job.tracking.stage}"
+    loss = trainer_loss(job)
+    if loss == "dpo":
+        loss_type, weights = ["sigmoid"], None
+        if cfg.nll_weight > 0:
+            loss_type, weights = ["sigmoid", "sft"], [1.0, cfg.nll_weight]
+        args.update(beta=cfg.beta, loss_type=loss_type, loss_weights=weights,
+                    # PeriodicLoRA folds move the base, i.e. the adapter-off reference:
+                    # freeze the reference by computing its log-probs before training.
+                    precompute_ref_log_probs=cfg.adapter == "periodic_lora")
+    elif loss == "simpo":
+        args.update(beta=cfg.beta, loss_type="simpo", simpo_gamma=cfg.gamma, cpo_alpha=cfg.nll_weight,
+                    remove_unused_columns=False)
+    return args
 
 
 def _load_device() -> str:
@@ -89,12 +116,13 @@ def _weights_dtype(dtype: str, cfg: TrainConfig) -> str:
     return dtype
 
 
-def _prepare_model(spec: dict, cfg: TrainConfig):
-    """θ (from spec["model"]) wrapped for training: full, or with a fresh LoRA adapter."""
+def _prepare_model(job: TrainingJob):
+    """θ (from job.model) wrapped for training: full, or with a fresh LoRA adapter."""
     from synpo.models import load_causal_lm
 
-    model = load_causal_lm(spec["model"], dtype=_weights_dtype(spec.get("dtype", "auto"), cfg), device=_load_device(),
-                           trust_remote_code=spec.get("trust_remote_code", False), quantization=cfg.quantization)
+    cfg = job.train
+    model = load_causal_lm(job.model, dtype=_weights_dtype(job.base.dtype, cfg), device=_load_device(),
+                           trust_remote_code=job.base.trust_remote_code, quantization=cfg.quantization)
     if cfg.adapter == "full":
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -103,7 +131,7 @@ def _prepare_model(spec: dict, cfg: TrainConfig):
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
     from transformers import set_seed
 
-    set_seed(spec["seed"])  # A's random init: the same on every rank and in every run with this seed
+    set_seed(job.seed)  # A's random init: the same on every rank and in every run with this seed
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
@@ -125,7 +153,7 @@ def _resume_checkpoint(out_dir: str) -> str | None:
     return str(complete[-1]) if complete else None
 
 
-def _training_data(spec: dict, kind: str, tokenizer, max_length: int):
+def _training_data(job: TrainingJob, tokenizer):
     """The job's rows as an on-disk (memory-mapped) dataset in the work dir. TRL caches DPO's
     precomputed reference log-probs next to a dataset's files, and every rank reads rank 0's
     cache: an in-memory dataset would cache in a per-process temporary dir that rank 1 cannot see.
@@ -143,102 +171,84 @@ def _training_data(spec: dict, kind: str, tokenizer, max_length: int):
 
     from synpo.io import publish_dir_once, read_jsonl
 
-    columns = ("prompt", "completion") if kind == "sft" else ("prompt", "chosen", "rejected")
+    columns = ("prompt", "completion") if job.kind == "sft" else ("prompt", "chosen", "rejected")
     from synpo.errors import UserError
     from synpo.training.chat_ids import drop_long_prompts
 
-    rows = [{k: r[k] for k in columns} for r in read_jsonl(spec["data"])]
-    if kind == "preference" and spec.get("train", {}).get("loss") == "sft":  # the chosen side only, as SFT rows
+    rows = [{k: r[k] for k in columns} for r in read_jsonl(job.data)]
+    if job.kind == "preference" and job.train.loss == "sft":  # the chosen side only, as SFT rows
         rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows]
+    max_length = job.train.max_length
     rows, dropped = drop_long_prompts(rows, tokenizer, max_length)
     if not rows:
-        raise UserError(f"{spec['data']}: every row's prompt fills train.max_length ({max_length} tokens); "
+        raise UserError(f"{job.data}: every row's prompt fills train.max_length ({max_length} tokens); "
                         "raise max_length")
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(spec["work_dir"]) / f"dataset-{digest}"
+    path = Path(job.work_dir) / f"dataset-{digest}"
     with publish_dir_once(path) as tmp:
         if tmp is not None:
             Dataset.from_list(rows).save_to_disk(str(tmp))
     return load_from_disk(str(path)), dropped
 
 
-def _trackers(spec: dict) -> list[str]:
+def _set_tracker_environment(tracking: Tracking | None) -> None:
     """The recipe's `logging.report_to`, with this job's place in the recipe run's tracking (the job is
     named RUN/STAGE): TensorBoard writes to RUN_DIR/tracking/tensorboard/<stage>; W&B groups a run's
     stages under the run's name; MLflow files them in an experiment named after the run, kept in
     RUN_DIR/tracking/mlruns unless MLFLOW_TRACKING_URI says otherwise."""
-    tracking = spec.get("tracking")
-    if not tracking or not tracking["report_to"]:
-        return []
-    root = Path(tracking["dir"])
-    os.environ["TENSORBOARD_LOGGING_DIR"] = str(root / "tensorboard" / tracking["stage"])
-    os.environ["WANDB_RUN_GROUP"] = tracking["run"]
+    if not tracking or not tracking.report_to:
+        return
+    root = Path(tracking.dir)
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(root / "tensorboard" / tracking.stage)
+    os.environ["WANDB_RUN_GROUP"] = tracking.run
     os.environ.setdefault("WANDB_PROJECT", "synpo")  # the loop's own figures go to the same project
-    os.environ["MLFLOW_EXPERIMENT_NAME"] = tracking["run"]
+    os.environ["MLFLOW_EXPERIMENT_NAME"] = tracking.run
     os.environ.setdefault("MLFLOW_TRACKING_URI", (root / "mlruns").as_uri())
-    return list(tracking["report_to"])
 
 
-def build_trainer(spec: dict):
-    """The TRL trainer of the job described by `spec`, its tokenizer and the rows dropped for a
-    prompt filling max_length: (trainer, tokenizer, dropped). Tokenised data: trainer.train_dataset."""
-    kind = spec["kind"]  # "sft" or "preference"
-    cfg = (PolicyTrainConfig if kind == "preference" else TrainConfig).model_validate(spec["train"])
+def build_trainer(job: TrainingJob):
+    """The TRL trainer of `job`, its tokenizer and the rows dropped for a prompt filling
+    max_length: (trainer, tokenizer, dropped). Tokenised data: trainer.train_dataset."""
     from synpo.models import load_tokenizer
 
-    tokenizer = load_tokenizer(spec["model"], trust_remote_code=spec.get("trust_remote_code", False),
-                               chat_template=spec.get("chat_template"))
-    model = _prepare_model(spec, cfg)
-    data, dropped = _training_data(spec, kind, tokenizer, cfg.max_length)
+    tokenizer = load_tokenizer(job.model, trust_remote_code=job.base.trust_remote_code,
+                               chat_template=job.base.chat_template)
+    model = _prepare_model(job)
+    data, dropped = _training_data(job, tokenizer)
     if dropped:
         from synpo.progress import log
 
-        log(f"training data: {dropped} row(s) dropped, their prompt fills train.max_length ({cfg.max_length} tokens)")
-    trainer_dir = str(Path(spec["work_dir"]) / "trainer")
-    args = _common_args(cfg, trainer_dir, spec["seed"], spec.get("dtype", "auto"))
-    args["report_to"] = _trackers(spec)
-    if args["report_to"]:
-        args["run_name"] = f"{spec['tracking']['run']}/{spec['tracking']['stage']}"
-    callbacks = _callbacks(cfg, model)
-
-    if kind == "sft" or cfg.loss == "sft":
+        log(f"training data: {dropped} row(s) dropped, their prompt fills train.max_length "
+            f"({job.train.max_length} tokens)")
+    args = trl_arguments(job, str(Path(job.work_dir) / "trainer"))
+    _set_tracker_environment(job.tracking)
+    callbacks = _callbacks(job.train, model)
+    common = dict(model=model, train_dataset=data, processing_class=tokenizer, callbacks=callbacks)
+    loss = trainer_loss(job)
+    if loss == "sft":
         from trl import SFTConfig, SFTTrainer
 
-        trainer = SFTTrainer(model=model, args=SFTConfig(**args, max_length=cfg.max_length),
-                             train_dataset=data, processing_class=tokenizer, callbacks=callbacks)
-    elif cfg.loss == "dpo":
+        trainer = SFTTrainer(args=SFTConfig(**args), **common)
+    elif loss == "dpo":
         from trl import DPOConfig, DPOTrainer
 
-        loss_type, weights = ["sigmoid"], None
-        if cfg.nll_weight > 0:
-            loss_type, weights = ["sigmoid", "sft"], [1.0, cfg.nll_weight]
-        dpo_args = DPOConfig(**args, max_length=cfg.max_length, beta=cfg.beta, loss_type=loss_type,
-                             loss_weights=weights,
-                             # PeriodicLoRA folds move the base, i.e. the adapter-off reference:
-                             # freeze the reference by computing its log-probs before training.
-                             precompute_ref_log_probs=cfg.adapter == "periodic_lora")
-        trainer = DPOTrainer(model=model, args=dpo_args, train_dataset=data, processing_class=tokenizer,
-                             callbacks=callbacks)
+        trainer = DPOTrainer(args=DPOConfig(**args), **common)
     else:
         from trl.experimental.cpo import CPOConfig
 
         from synpo.training.chat_ids import SimPOTrainer
 
-        cpo_args = CPOConfig(**args, max_length=cfg.max_length, beta=cfg.beta, loss_type="simpo",
-                             simpo_gamma=cfg.gamma, cpo_alpha=cfg.nll_weight, remove_unused_columns=False)
-        trainer = SimPOTrainer(model=model, args=cpo_args, train_dataset=data, processing_class=tokenizer,
-                               callbacks=callbacks)
-
+        trainer = SimPOTrainer(args=CPOConfig(**args), **common)
     return trainer, tokenizer, dropped
 
 
-def train(spec: dict) -> dict:
-    """Run one training job described by `spec`; returns its metrics. See module docstring."""
+def train(job: TrainingJob) -> dict:
+    """Run one training job; returns its metrics. See module docstring."""
     import torch
 
-    if spec.get("threads"):
-        torch.set_num_threads(spec["threads"])
-    trainer, tokenizer, dropped = build_trainer(spec)
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    trainer, tokenizer, dropped = build_trainer(job)
     trainer_dir = trainer.args.output_dir
     result = trainer.train(resume_from_checkpoint=_resume_checkpoint(trainer_dir))
     metrics = {"train_loss": round(result.training_loss, 4), "steps": result.global_step,
@@ -249,5 +259,5 @@ def train(spec: dict) -> dict:
         metrics["final_loss"] = round(history[-1]["loss"], 4)
     from synpo.training.merge import save_trained
 
-    save_trained(trainer, tokenizer, spec, merge=spec.get("merge", spec["kind"] == "preference"), metrics=metrics)
+    save_trained(trainer, tokenizer, job, metrics=metrics)
     return metrics
