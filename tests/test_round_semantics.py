@@ -103,7 +103,7 @@ def test_train_start_picks_theta0_or_the_previous_policy(two_rounds, tmp_path, m
     policy stage is re-entered under each setting and the weights it would train from are caught."""
     import shutil
 
-    import synpo.stages.train as train_stage
+    import synpo.stages.policy as policy_stage
     from synpo.iterate import Loop
     from synpo.recipe import load_recipe
     from synpo.run import Run
@@ -115,15 +115,15 @@ def test_train_start_picks_theta0_or_the_previous_policy(two_rounds, tmp_path, m
     shutil.copytree(two_rounds, run_dir)
     caught = {}
 
-    def fake_policy_stage(recipe, dataset, start_model, output, work, seed, logs):
-        caught["start"] = start_model
+    def fake_train(kind, model, data, cfg, base, seed, out, work, launch, logs):
+        caught["start"] = model
         return {}
 
-    monkeypatch.setattr(train_stage, "policy_stage", fake_policy_stage)
+    monkeypatch.setattr(policy_stage, "train", fake_train)
     recipe = load_recipe(run_dir / "recipe.yaml", [f"train.start={start}"])
     from synpo.data.loaders import load_seed
 
     loop = Loop(recipe, Run(run_dir), load_seed(recipe.data.seed, recipe.seed))
     previous = str(run_dir / "round_01" / "policy")
-    loop.policy(2, ["a", "b"], previous, "fingerprint-of-theta1")
+    loop.execute(loop.stages["round_02/policy"], tmp_path / "work")
     assert caught["start"] == (str(TINY_MODEL) if start == "initial" else previous)
