@@ -470,8 +470,9 @@ NOT_FINGERPRINTED: dict[str, set[str]] = {  # section class -> its fields
     # each round (a raised limit resumes)
     "Recipe": {"rounds", "monitors"},
     # placement and transport: how many engines, which cluster, how much memory, how requests travel
+    # and where finished ones are cached
     "EngineConfig": {"data_parallel_size", "ray_address", "gpu_memory_utilization", "concurrency",
-                     "max_retries", "timeout", "retry_backoff", "api_key_env"},
+                     "max_retries", "timeout", "retry_backoff", "api_key_env", "cache", "cache_dir"},
     "ScorerConfig": {"data_parallel_size"},
     # resumable checkpoints of a training job
     "TrainConfig": {"checkpoint_steps"},

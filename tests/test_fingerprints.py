@@ -265,3 +265,23 @@ def test_resuming_under_a_changed_field_reruns_exactly_those_stages(finished_run
         if set(ran) != expected:
             problems.append(f"{path}: re-ran {sorted(ran)}, expected {sorted(expected)}")
     assert not problems, "\n".join(problems)
+
+
+def test_one_seed_rule_gives_every_stage_its_own_seed():
+    """Each stage's seed comes from the recipe's seed and its key (synpo.run.stage_seed): with seed 0
+    no two stages of a run share one (seed + t and seed * 1000 + t used to give round 1's seed-answer
+    sampling and its refinement the same seed), except the evaluation, which scores the same items
+    with the same sampling every round, and the seed-prompt draw, one order that rounds slice."""
+    from synpo.run import stage_seed
+
+    for overrides in ([], ["prompt_generator.enabled=false"], ["pairs.strategy=sampling_ranking"]):
+        recipe = load_recipe(RECIPE, ["seed=0", *overrides], check_files=False)
+        stages = run_stages(recipe)
+        shared = [s for s in stages if "/eval/" in s.key or type(s.inputs).__name__ == "SeedPrompts"]
+        own = [s.inputs.seed for s in stages if s not in shared]
+        assert len(own) == len(set(own)), overrides
+        assert len({s.inputs.seed for s in shared if "/eval/" in s.key}) == len(recipe.eval.suites)
+        assert {s.inputs.seed for s in stages} & {s.inputs.seed for s in run_stages(
+            load_recipe(RECIPE, ["seed=1", *overrides], check_files=False))} == set()
+    # streams inside a stage: named, never arithmetic on the stage's seed
+    assert len({stage_seed(5, name) for name in ("initial", "policy", "sampling", "keep", "data", "train")}) == 6

@@ -17,6 +17,7 @@ from judge_server import ScriptedJudge, alpaca_confidence, arena_label, arena_ne
 from synpo.errors import UserError
 from synpo.evals.datasets import load_suite
 from synpo.io import read_json, read_jsonl
+from synpo.iterate import evaluation
 from synpo.recipe import load_recipe
 from synpo.stages.evaluate import evaluate_suite, headline
 from synpo.toy import TINY_MODEL
@@ -42,7 +43,8 @@ def recipe_for(suite, judge_url, tmp_path, *extra, judge_model="scripted-judge",
 
 def evaluate(recipe, suite, tmp_path):
     out = tmp_path / "run" / "round_00" / "eval" / suite
-    return evaluate_suite(recipe, suite, str(TINY_MODEL), out, tmp_path / "work" / suite), out
+    inputs = evaluation(recipe, suite, f"{recipe.name}-round_00")  # as the loop's round-0 stage has it
+    return evaluate_suite(inputs, str(TINY_MODEL), out, tmp_path / "work" / suite), out
 
 
 # ---- alpaca_eval ----------------------------------------------------------------------------------

@@ -231,7 +231,10 @@ def test_sampling_ranking_ranks_each_prompts_samples_with_pairrm(monkeypatch, tm
     write_jsonl(tmp_path / "responses.jsonl", [{"id": f"p{i}", "prompt": f"prompt {i}", "samples": s,
                                                 "finish_reasons": ["stop"] * 3} for i, s in enumerate(samples)])
     scorer = make_scorer(ScorerConfig(kind="pairwise", path="llm-blender/PairRM"), device="cpu")
-    build_pairs(recipe, 1, tmp_path / "responses.jsonl", None, tmp_path / "pairs.jsonl", scorer)
+    from synpo.iterate import run_stages
+
+    inputs = next(s.inputs for s in run_stages(recipe) if s.key == "round_01/pairs")
+    build_pairs(inputs, tmp_path / "responses.jsonl", None, tmp_path / "pairs.jsonl", scorer)
     (kept,) = read_jsonl(tmp_path / "pairs.jsonl")  # the second prompt's samples tie: below the gap
     assert kept["chosen"][0]["content"] == "one two three four" and kept["rejected"][0]["content"] == "x"
     assert kept["gap"] == 17.0 and ("rank", 2, True) in FakeBlender.calls

@@ -117,6 +117,13 @@ def test_repetition_and_degenerate():
     assert degenerate("1, 2, 3", "stop", 0.5, 3) is None
 
 
+def _pair_building(recipe):
+    """Round 1's pairs stage of the recipe, as the loop builds it."""
+    from synpo.iterate import run_stages
+
+    return next(s.inputs for s in run_stages(recipe) if s.key == "round_01/pairs")
+
+
 def test_build_pairs_keeps_improvements_over_the_gap(tmp_path):
     from synpo.io import write_jsonl
     from synpo.recipe import Recipe
@@ -140,7 +147,7 @@ def test_build_pairs_keeps_improvements_over_the_gap(tmp_path):
     write_jsonl(tmp_path / "responses.jsonl", responses)
     write_jsonl(tmp_path / "refined.jsonl", refined)
     recipe = Recipe.model_validate({"pairs": {"gap": 0.05, "per_round": 1}})
-    summary = build_pairs(recipe, 1, tmp_path / "responses.jsonl", tmp_path / "refined.jsonl",
+    summary = build_pairs(_pair_building(recipe), tmp_path / "responses.jsonl", tmp_path / "refined.jsonl",
                           tmp_path / "pairs.jsonl", ToyScorer())
     pairs = read_jsonl(tmp_path / "pairs.jsonl")
     assert summary["candidates"] == 4 and summary["kept"] == 1
@@ -216,7 +223,7 @@ def test_unrated_rows_are_dropped_as_unscored_and_means_ignore_them(tmp_path):
     write_jsonl(tmp_path / "refined.jsonl", refined)
     scorer = RatingsScorer({"draft a": 2.0, "better a": 8.0, "draft b": 2.0, "better b": None})
     recipe = Recipe.model_validate({"pairs": {"gap": 0.5}})
-    summary = build_pairs(recipe, 1, tmp_path / "responses.jsonl", tmp_path / "refined.jsonl",
+    summary = build_pairs(_pair_building(recipe), tmp_path / "responses.jsonl", tmp_path / "refined.jsonl",
                           tmp_path / "pairs.jsonl", scorer)
     assert summary["kept"] == 1 and summary["dropped_unscored"] == 1  # a NaN gap is never kept
     assert [r["id"] for r in read_jsonl(tmp_path / "pairs.jsonl")] == ["a"]
