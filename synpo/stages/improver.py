@@ -69,13 +69,13 @@ def improver_data(inputs: ImproverData, policy: str, seed_rows: list[dict], out:
     """Step 1: improver_data.jsonl of (prompt, draft y_{t-1}, target y*) rows over the gap."""
     t = inputs.round
     requests = [Request(r["id"], [{"role": "user", "content": r["prompt"]}]) for r in seed_rows]
-    completions = generate(policy, requests, sampling_of(inputs.seed_sampling, inputs.seed + t),  # SEED-STEP1
+    completions = generate(policy, requests, sampling_of(inputs.seed_sampling, stage_seed(inputs.seed, "sampling")),
                            base=inputs.base, engine=inputs.engine, shard_dir=work / "shards",
                            desc=f"round {t}: π_{t - 1} on seed")
     prompts = [r["prompt"] for r in seed_rows]
     drafts = [c.text for c in completions]
     gaps = score_gaps(scorer, prompts, [r["response"] for r in seed_rows], drafts)
-    rng, keep_below = random.Random(f"{inputs.seed}:improver_data:{t}"), inputs.keep_below_gap  # SEED-STEP1
+    rng, keep_below = random.Random(stage_seed(inputs.seed, "keep")), inputs.keep_below_gap
     rows = [{"id": r["id"], "prompt": r["prompt"], "draft": d, "target": r["response"], "gap": round(g, 4),
              "round": t, "stage": "improver_data", "model": f"policy_{t - 1}"}
             for r, d, g in zip(seed_rows, drafts, gaps)
@@ -98,8 +98,8 @@ def train_improver(inputs: ImproverTraining, theta0: str, data: Path, out: Path,
         raise UserError(f"{data}: no training rows for the improver (lower improver.gap, or set "
                         "improver.keep_below_gap)")
     write_jsonl(work / "train.jsonl", rows)
-    metrics = train("sft", theta0, work / "train.jsonl", inputs.train, inputs.base,
-                    stage_seed(inputs.seed, "improver", inputs.round), out, work, launch, logs)  # SEED-STEP1
+    metrics = train("sft", theta0, work / "train.jsonl", inputs.train, inputs.base, inputs.seed, out, work, launch,
+                    logs)
     return {"rows": len(rows), "start": theta0, **metrics}
 
 
@@ -113,7 +113,7 @@ def refine(inputs: Refinement, improver: str, responses: Path, out: Path, work: 
     t = inputs.round
     rows = read_jsonl(responses)
     requests = [Request(r["id"], improver_messages(r["prompt"], r["response"])) for r in rows]
-    sampling = sampling_of(inputs.sampling, inputs.seed * 1000 + t)  # SEED-STEP1
+    sampling = sampling_of(inputs.sampling, inputs.seed)
     completions = generate(improver, requests, sampling, base=inputs.base, engine=inputs.engine,
                            shard_dir=work / "shards", desc=f"round {t}: refine")
     out_rows = [{"id": r["id"], "prompt": r["prompt"], "draft": r["response"], "refined": c.text,

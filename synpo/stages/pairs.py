@@ -103,7 +103,7 @@ def build_pairs(inputs: PairBuilding, responses: Path, refined: Path | None, out
                 "chosen_model": inputs.chosen_model,
                 "rejected_model": "policy_0" if cfg.strategy == "synpo" else f"policy_{t - 1}",
             })
-    random.Random(f"{inputs.seed}:pairs:{t}").shuffle(kept)  # SEED-STEP1
+    random.Random(inputs.seed).shuffle(kept)
     over_budget = max(0, len(kept) - cfg.per_round)
     if over_budget:
         dropped["over_budget"] = over_budget

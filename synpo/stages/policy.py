@@ -9,7 +9,6 @@ from pydantic import BaseModel, ConfigDict
 
 from synpo.errors import UserError
 from synpo.recipe import ModelConfig, PolicyTrainConfig
-from synpo.run import stage_seed
 from synpo.stages import Launch, train
 from synpo.stages.pairs import write_dataset
 
@@ -29,6 +28,6 @@ def train_policy(inputs: PolicyTraining, start: str, round_pairs: list[Path], da
     if n == 0:
         raise UserError(f"round {inputs.round}: D has no pairs to train on; lower pairs.gap or raise "
                         "prompt_generator.num_prompts")
-    metrics = train("preference", start, dataset / "pairs.jsonl", inputs.train, inputs.base,
-                    stage_seed(inputs.seed, "policy", inputs.round), out, work, launch, logs)  # SEED-STEP1
+    metrics = train("preference", start, dataset / "pairs.jsonl", inputs.train, inputs.base, inputs.seed, out, work,
+                    launch, logs)
     return {"pairs": n, "start": start, **metrics}  # θ0 or θ_{t-1}: recorded in state.json

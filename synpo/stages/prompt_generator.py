@@ -104,14 +104,14 @@ def generator_training_rows(seed_rows: list[dict], k: int, noise: int, rng: rand
 def train_prompt_generator(inputs: GeneratorTraining, theta0: str, seed_rows: list[dict], data: Path, out: Path,
                            work: Path, launch: Launch, logs: Path) -> dict:
     """G, fine-tuned from θ0 on keyword -> question/solution rows built from the seed set (also kept in `data`)."""
-    rng = random.Random(stage_seed(inputs.seed, "generator_data", 0))  # SEED-STEP1
+    rng = random.Random(stage_seed(inputs.seed, "data"))
     rows = generator_training_rows(seed_rows, inputs.keywords, inputs.noise_keywords, rng)
     if not rows:
         raise UserError(f"{out.name}: no training rows: no seed prompt has {inputs.keywords} content keywords")
     write_jsonl(data, rows)
     write_jsonl(work / "train.jsonl", rows)
     metrics = train("sft", theta0, work / "train.jsonl", inputs.train, inputs.base,
-                    stage_seed(inputs.seed, "generator", 0), out, work, launch, logs)  # SEED-STEP1
+                    stage_seed(inputs.seed, "train"), out, work, launch, logs)
     return {"rows": len(rows), "start": theta0, **metrics}
 
 
@@ -177,12 +177,12 @@ def write_prompts(inputs: PromptWriting, generator: Path, earlier: list[Path], e
                   seed_prompts: list[str], out: Path, work: Path, scorer) -> dict:
     """Round t's prompts.jsonl, with a stats file beside it."""
     t = inputs.round
-    rng = random.Random(f"{inputs.seed}:prompts:{t}")  # SEED-STEP1
+    rng = random.Random(stage_seed(inputs.seed, "keywords"))
     triples = keyword_triples(inputs.corpus, inputs.num_prompts, rng, skip=(t - 1) * inputs.num_prompts)
     requests = [Request(f"r{t}-q{i:06d}", [{"role": "user",
                                             "content": render("question_generation", keywords=", ".join(kw))}])
                 for i, kw in enumerate(triples)]
-    sampling = sampling_of(inputs.sampling, rng.randrange(2**31), stop=QUESTION_END)
+    sampling = sampling_of(inputs.sampling, stage_seed(inputs.seed, "sampling"), stop=QUESTION_END)
     completions = generate(generator, requests, sampling, base=inputs.base, engine=inputs.engine,
                            shard_dir=work / "shards", desc=f"round {t}: prompts")
 
@@ -213,7 +213,7 @@ def draw_seed_prompts(inputs: SeedPrompts, seed_rows: list[dict], out: Path) -> 
     t = inputs.round
     order = list(range(len(seed_rows)))
     # one order for every round: rounds take disjoint slices
-    random.Random(f"{inputs.seed}:seed_prompts").shuffle(order)  # SEED-STEP1
+    random.Random(inputs.seed).shuffle(order)
     n = min(inputs.num_prompts, len(order))
     start = (t - 1) * n
     picks = [order[(start + i) % len(order)] for i in range(n)]

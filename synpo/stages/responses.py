@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from synpo.engines import Request, generate, sampling_of
 from synpo.io import read_jsonl, write_jsonl
 from synpo.recipe import EngineConfig, ModelConfig, SamplingConfig
+from synpo.run import stage_seed
 
 
 class Answering(BaseModel):
@@ -44,18 +45,17 @@ def generate_responses(inputs: Answering, policy: str, initial: str, prompts: Pa
 
     sampling = inputs.sampling.model_dump()
     if inputs.strategy == "sampling_ranking":
-        samples = answers(policy, inputs.k, inputs.seed * 1000 + 100 + t, "policy",  # SEED-STEP1
+        samples = answers(policy, inputs.k, stage_seed(inputs.seed, "policy"), "policy",
                           f"round {t}: π_{t - 1} x{inputs.k}")
         out_rows = [{"id": r["id"], "prompt": r["prompt"], "samples": c.texts, "finish_reasons": c.finish_reasons,
                      "round": t, "stage": "responses", "model": f"policy_{t - 1}", "sampling": sampling}
                     for r, c in zip(rows, samples)]
     else:
-        # π_0's answers do not depend on the round's policy: seed them by prompt set only.
-        initial_answers = answers(initial, 1, inputs.seed * 1000 + 200 + t, "initial", f"round {t}: π_0")  # SEED-STEP1
+        initial_answers = answers(initial, 1, stage_seed(inputs.seed, "initial"), "initial", f"round {t}: π_0")
         if inputs.policy_is_initial:
             policy_answers = initial_answers
         else:
-            policy_answers = answers(policy, 1, inputs.seed * 1000 + 300 + t, "policy",  # SEED-STEP1
+            policy_answers = answers(policy, 1, stage_seed(inputs.seed, "policy"), "policy",
                                      f"round {t}: π_{t - 1}")
         out_rows = [{"id": r["id"], "prompt": r["prompt"],
                      "response": p.text, "response_finish": p.finish_reasons[0],
