@@ -41,6 +41,8 @@ def _section_kind(section) -> str:
 
 
 class TrainingJob(BaseModel):
+    """One training stage's inputs: G and R_t (kind sft, from θ0), θ_t (kind preference)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["sft", "preference"]
