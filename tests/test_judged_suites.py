@@ -57,7 +57,8 @@ def test_alpaca_eval_end_to_end_and_a_rerun_sends_nothing(tmp_path):
         # the outputs in alpaca_eval's model_outputs.json format, beside the matching reference outputs
         model_outputs = json.loads((out / "model_outputs.json").read_text())
         references = json.loads((out / "reference_outputs.json").read_text())
-        rows = load_suite("alpaca_eval", eval_data_dir(), LIMIT, recipe.seed)
+        # the stage's subsample: drawn with the evaluation's seed (the same every round)
+        rows = load_suite("alpaca_eval", eval_data_dir(), LIMIT, evaluation(recipe, "alpaca_eval", "").seed)
         assert [m["instruction"] for m in model_outputs] == [r["instruction"] for r in rows]
         assert [r["output"] for r in references] == [r["reference"] for r in rows]
         assert all(set(m) == {"instruction", "output", "generator", "dataset"} for m in model_outputs)
@@ -196,9 +197,10 @@ def test_no_module_of_the_evaluation_reads_the_recipe():
 
 def test_arena_hard_end_to_end(tmp_path):
     with ScriptedJudge() as judge:
-        metrics, out = evaluate(recipe_for("arena_hard", judge.base_url, tmp_path), "arena_hard", tmp_path)
+        recipe = recipe_for("arena_hard", judge.base_url, tmp_path)
+        metrics, out = evaluate(recipe, "arena_hard", tmp_path)
     answers = {a["uid"]: a["messages"][1]["content"]["answer"] for a in read_jsonl(out / "model_answer.jsonl")}
-    rows = load_suite("arena_hard", None, LIMIT, 0)
+    rows = load_suite("arena_hard", None, LIMIT, evaluation(recipe, "arena_hard", "").seed)
     assert list(answers) == [r["uid"] for r in rows]
     judgments = read_jsonl(out / "model_judgment.jsonl")
     expected_wins = expected_total = continued = 0
