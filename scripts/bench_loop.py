@@ -116,6 +116,7 @@ def run_one(out: Path, variant: str, seed: int, extra: list[str], donor: str | N
 def read_run(run_dir: Path) -> dict | None:
     """A run directory's figures per round: metrics, pairs kept, drift and seconds per stage."""
     from synpo.io import read_json, read_jsonl
+    from synpo.run import round_name, stage_key
 
     if not (run_dir / "state.json").exists():
         return None
@@ -129,10 +130,10 @@ def read_run(run_dir: Path) -> dict | None:
             t, stage = int(key[6:8]), key[9:]
             rounds.setdefault(t, {"metrics": {}}).setdefault("seconds", {})[stage] = record["summary"].get("seconds")
     for t, entry in rounds.items():
-        pairs = stages.get(f"round_{t:02d}/pairs", {}).get("summary", {})
+        pairs = stages.get(stage_key(t, "pairs"), {}).get("summary", {})
         entry["pairs_kept"] = pairs.get("kept")
-        entry["pairs_in_D"] = stages.get(f"round_{t:02d}/policy", {}).get("summary", {}).get("pairs")
-        drift = run_dir / f"round_{t:02d}" / "drift.json"
+        entry["pairs_in_D"] = stages.get(stage_key(t, "policy"), {}).get("summary", {}).get("pairs")
+        drift = run_dir / round_name(t) / "drift.json"
         if drift.exists():
             entry["drift"] = read_json(drift)
     once = {k: v["summary"].get("seconds") for k, v in stages.items() if not k.startswith("round_")}
@@ -142,12 +143,13 @@ def read_run(run_dir: Path) -> dict | None:
             "stopped_by_monitor": read_json(stopped) if stopped.exists() else None}
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], digits: int = 3, std_digits: int | None = None) -> str:
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:.{digits}f}"
+    std_digits = digits if std_digits is None else std_digits
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{std_digits}f}"
 
 
 def table(results: dict, variants: list[str], seeds: list[int], rounds: int) -> str:
@@ -168,7 +170,7 @@ def table(results: dict, variants: list[str], seeds: list[int], rounds: int) -> 
         pairs = [r["rounds"][str(rounds)].get("pairs_in_D") for r in finished]
         wall = [r["seconds"] / 60 for r in finished]
         lines.append(f"| {variant}: {VARIANTS[variant][0]} | {len(finished)} | " + " | ".join(cells)
-                     + f" | {mean_std([p for p in pairs if p is not None]).replace('.000', '')} | "
+                     + f" | {mean_std([p for p in pairs if p is not None], digits=0, std_digits=1)} | "
                      + (f"{statistics.mean(wall):.1f}" if wall else "-") + " |")
     return "\n".join(lines) + "\n"
 
@@ -176,8 +178,9 @@ def table(results: dict, variants: list[str], seeds: list[int], rounds: int) -> 
 def item_scores(run_dir: Path, t: int) -> dict[str, float] | None:
     """Round t's exact match per toy-benchmark item (1 or 0), by item id."""
     from synpo.io import read_jsonl
+    from synpo.run import round_name
 
-    path = run_dir / f"round_{t:02d}" / "eval" / "toy" / "outputs.jsonl"
+    path = run_dir / round_name(t) / "eval" / "toy" / "outputs.jsonl"
     return {r["id"]: float(r["score"] == 1.0) for r in read_jsonl(path)} if path.exists() else None
 
 

@@ -37,7 +37,7 @@ def test_collect_writes_mean_and_sample_std_per_round(tmp_path):
                             "--out", str(tmp_path)]) == 0
     table = (tmp_path / "bench_loop.md").read_text()
     assert "| recipe: SynPO, the recipe (DPO + NLL, full fine-tuning) | 2 | 0.300 ± 0.000 | 0.410 ± 0.014 | " \
-           "0.510 ± 0.014 | 0.610 ± 0.014 | 61 ± 1.414 | 1.4 |" in table
+           "0.510 ± 0.014 | 0.610 ± 0.014 | 61 ± 1.4 | 1.4 |" in table
     assert "| sft_chosen: SFT on the chosen answers only | 0 | 0.300 (n=1) | 0.350 (n=1) | - | - | - | - |" in table
     # differences 0, -1, +1, +1: mean +0.25, sample sd 0.957, SE 0.479
     assert "| sft_chosen | 0 | 1 | +0.250 ± 0.479 | 2 | 1 |" in table
