@@ -28,13 +28,13 @@ from pathlib import Path
 from synpo.errors import UserError
 from synpo.recipe import Recipe, dump_recipe, load_recipe, resolve_path
 from synpo.run import SEED_SET, THETA0, Run, Stage, fingerprint, fingerprints, round_name, stage_key, stage_seed
-from synpo.stages import Launch
 from synpo.stages.evaluate import Evaluation
 from synpo.stages.improver import ImproverData, ImproverTraining, Refinement, improver_name
 from synpo.stages.pairs import PairBuilding
 from synpo.stages.policy import PolicyTraining
 from synpo.stages.prompt_generator import GeneratorTraining, PromptWriting, SeedPrompts
 from synpo.stages.responses import Answering
+from synpo.stages.train import Launch
 
 
 def evaluation(recipe: Recipe, suite: str, model_name: str) -> Evaluation:
@@ -61,12 +61,13 @@ def run_stages(recipe: Recipe) -> list[Stage]:
     r = recipe
     pg, imp, pairs = r.prompt_generator, r.improver, r.pairs
     synpo = pairs.strategy == "synpo"
+    seed = partial(stage_seed, r.seed)  # a stage's seed: from the recipe's seed and the stage's key
     stages = evaluations(r, 0, THETA0)
     generator = stage_key(None, "prompt_generator")
     if pg.enabled:
         stages.append(Stage(generator, GeneratorTraining(
             keywords=pg.keywords, noise_keywords=pg.noise_keywords, train=pg.train, base=r.model,
-            seed=stage_seed(r.seed, generator)),
+            seed=seed(generator)),
             {"seed set": SEED_SET}, output=generator))
     policy, all_pairs = THETA0, []
     for t in range(1, r.rounds + 1):
@@ -80,17 +81,16 @@ def run_stages(recipe: Recipe) -> list[Stage]:
                 decontaminate_similarity=pg.decontaminate_similarity, decontaminate_ngram=pg.decontaminate_ngram,
                 decontaminate_threshold=pg.decontaminate_threshold, eval_suites=r.eval.suites,
                 eval_data_dir=r.eval.data_dir, base=r.model, engine=r.engine_for("prompt_generator"),
-                seed=stage_seed(r.seed, key("prompts"))),
+                seed=seed(key("prompts"))),
                 {"generator": generator, "earlier": [stage_key(s, "prompts") for s in range(1, t)],
                  "seed set": SEED_SET}, output=key("prompts.jsonl")))
         else:
-            stages.append(Stage(key("prompts"), SeedPrompts(round=t, num_prompts=pg.num_prompts,
-                                                                  seed=stage_seed(r.seed, "seed prompts")),
-                                {"seed set": SEED_SET}, output=key("prompts.jsonl")))
+            draw = SeedPrompts(round=t, num_prompts=pg.num_prompts, seed=seed("seed prompts"))  # one order, sliced
+            stages.append(Stage(key("prompts"), draw, {"seed set": SEED_SET}, output=key("prompts.jsonl")))
         responses = Stage(key("responses"), Answering(
             round=t, strategy=pairs.strategy, k=pairs.k if not synpo else None, policy_is_initial=policy == THETA0,
             sampling=r.responses.sampling, base=r.model, engine=r.engine_for("responses"),
-            seed=stage_seed(r.seed, key("responses"))),
+            seed=seed(key("responses"))),
             {"prompts": key("prompts"), "policy": policy, "initial": THETA0}, output=key("responses.jsonl"))
         if synpo:
             # I_t and R_t (θ0 itself refines when improver.trained is false, an ablation)
@@ -99,18 +99,18 @@ def run_stages(recipe: Recipe) -> list[Stage]:
                 stages.append(Stage(key("improver_data"), ImproverData(
                     round=t, gap=imp.gap, keep_below_gap=imp.keep_below_gap, seed_sampling=imp.seed_sampling,
                     scorer=r.scorer, base=r.model, engine=r.engine_for("improver"),
-                    seed=stage_seed(r.seed, key("improver_data"))),
+                    seed=seed(key("improver_data"))),
                     {"policy": policy, "seed set": SEED_SET}, output=key("improver_data.jsonl")))
                 improver = key("improver")
                 stages.append(Stage(improver, ImproverTraining(round=t, train=imp.train, base=r.model,
-                                                                     seed=stage_seed(r.seed, improver)),
+                                                               seed=seed(improver)),
                                     {"data": key("improver_data"), "model": THETA0}, output=improver))
             # y_{t-1}, y_0; then ỹ <- R_t(X_t, y_{t-1})
             stages.append(responses)
             stages.append(Stage(key("refined"), Refinement(
                 round=t, sampling=imp.sampling, trained=imp.trained, base=r.model, engine=r.engine_for("improver"),
-                seed=stage_seed(r.seed, key("refined"))), {"improver": improver, "responses": key("responses")},
-                output=key("refined.jsonl")))
+                seed=seed(key("refined"))),
+                {"improver": improver, "responses": key("responses")}, output=key("refined.jsonl")))
             reads = {"responses": key("responses"), "refined": key("refined")}
             chosen = improver_name(t, imp.trained)
         else:  # sampling_ranking: best vs worst of k samples of π_{t-1}
@@ -118,14 +118,12 @@ def run_stages(recipe: Recipe) -> list[Stage]:
             reads, chosen = {"responses": key("responses")}, f"policy_{t - 1}"
         # D <- D + this round's pairs
         stages.append(Stage(key("pairs"), PairBuilding(round=t, pairs=pairs, scorer=r.scorer, chosen_model=chosen,
-                                                       seed=stage_seed(r.seed, key("pairs"))), reads,
-                              output=key("pairs.jsonl")))
+                                                       seed=seed(key("pairs"))), reads, output=key("pairs.jsonl")))
         all_pairs.append(key("pairs"))
         # θ_t, from θ0 or θ_{t-1}
         start = THETA0 if r.train.start == "initial" else policy
         policy = key("policy")
-        stages.append(Stage(policy, PolicyTraining(round=t, train=r.train, base=r.model,
-                                                           seed=stage_seed(r.seed, key("policy"))),
+        stages.append(Stage(policy, PolicyTraining(round=t, train=r.train, base=r.model, seed=seed(policy)),
                             {"pairs": list(all_pairs), "start": start}, output=policy))
         stages += evaluations(r, t, policy)
     return stages

@@ -21,7 +21,7 @@ from synpo.io import read_jsonl, write_jsonl
 from synpo.recipe import EngineConfig, ModelConfig, SamplingConfig, ScorerConfig, TrainConfig
 from synpo.run import stage_seed
 from synpo.scoring import finite_mean, score_gaps
-from synpo.stages import Launch, train
+from synpo.stages.train import Launch, train
 from synpo.templates import render
 
 

@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict
 
 from synpo.errors import UserError
 from synpo.recipe import ModelConfig, PolicyTrainConfig
-from synpo.stages import Launch, train
 from synpo.stages.pairs import write_dataset
+from synpo.stages.train import Launch, train
 
 
 class PolicyTraining(BaseModel):

@@ -29,7 +29,7 @@ from synpo.errors import UserError
 from synpo.io import read_jsonl, write_json, write_jsonl
 from synpo.recipe import CorpusData, EngineConfig, ModelConfig, SamplingConfig, ScorerConfig, TrainConfig
 from synpo.run import stage_seed
-from synpo.stages import Launch, train
+from synpo.stages.train import Launch, train
 from synpo.templates import render
 
 QUESTION = re.compile(r"^\s*<question>(.*)$", re.S)

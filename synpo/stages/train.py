@@ -1,19 +1,21 @@
-"""How a training job (G and R_t: SFT; θ_t: DPO / SimPO) is launched.
+"""How a training stage (G and R_t: SFT; θ_t: DPO / SimPO) hands its job to synpo.training.
 
-The job itself is `synpo.training.trainers.train(job)`, a `TrainingJob`. Here we decide where it
-runs: in this process (CPU default), as a child process (`runtime.isolate`, so a GPU's memory is
-returned when it exits), or under `accelerate launch` when the train section names an
-accelerate config or several processes.
+`train(...)` describes the job as a `TrainingJob` and runs it; the job itself is
+`synpo.training.trainers.train(job)`. Here we decide where it runs: in this process (CPU default),
+as a child process (`runtime.isolate`, so a GPU's memory is returned when it exits), or under
+`accelerate launch` when the train section names an accelerate config or several processes.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from synpo.processes import run_child
+from synpo.recipe import ModelConfig, PolicyTrainConfig, TrainConfig
 from synpo.training.distributed import accelerate_command, read_accelerate_config, threads_per_rank
 from synpo.training.job import Tracking, TrainingJob
 
@@ -52,3 +54,22 @@ def run_training(job: TrainingJob, *, isolate: Literal["auto", "always", "never"
 
         return train(job)
     return json.loads((Path(job.output) / "train_metrics.json").read_text())
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where a training job runs and reports (no part of what it computes, so of no fingerprint)."""
+
+    isolate: Literal["auto", "always", "never"] = "auto"
+    threads: int | None = None
+    report_to: tuple[str, ...] = ()
+
+
+def train(kind: Literal["sft", "preference"], model: str, data: Path, cfg: TrainConfig | PolicyTrainConfig,
+          base: ModelConfig, seed: int, out: Path, work: Path, launch: Launch, logs: Path) -> dict:
+    """Fine-tune `model` on the rows in `data` (SFT, or preference optimisation); `out` gets the result,
+    merged for the policy, an adapter or a model for G and R_t. Returns the job's metrics."""
+    job = TrainingJob(kind=kind, model=str(model), base=base, data=str(data), output=str(out), work_dir=str(work),
+                      seed=seed, merge=kind == "preference", train=cfg, threads=launch.threads,
+                      tracking=tracking_for(list(launch.report_to), logs))
+    return run_training(job, isolate=launch.isolate, logs=logs)
