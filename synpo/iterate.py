@@ -291,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         seed = check_run_inputs(recipe)  # nothing is written before every input has been read
         run = Run(run_dir)
         from synpo.io import write_text
-        from synpo.progress import log
+        from synpo.progress import log, log_to
 
+        log_to(run.dir / "logs" / "synpo.log")  # every log line of every attempt, resumes appended
         report_dropped(recipe.data.seed, seed)
         write_text(run.dir / "recipe.yaml", dump_recipe(recipe))
         if recipe.runtime.threads:
@@ -305,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -269,12 +269,12 @@ def served(server, tmp_path, **options) -> OpenAIEngine:
 def test_greedy_through_transformers_serve_equals_the_hf_engine(live_server, tmp_path, hf_greedy):
     engine = served(live_server, tmp_path, concurrency=4)
     requests = benchmark(16)
-    before = live_server.requests_received()
+    before = live_server.requests_answered()
     out = engine.generate(requests, Sampling(max_new_tokens=24))
     assert out == [hf_greedy[r.id] for r in requests]  # texts, finish reasons, token counts
-    assert live_server.requests_received() - before == 16
+    assert live_server.requests_answered() - before == 16
     assert engine.generate(requests, Sampling(max_new_tokens=24)) == out
-    assert live_server.requests_received() - before == 16  # the second time from the cache
+    assert live_server.requests_answered() - before == 16  # the second time from the cache
 
 
 def test_sampling_through_transformers_serve(live_server, tmp_path):
@@ -312,10 +312,10 @@ def test_server_killed_mid_stage_then_a_rerun_sends_only_unfinished_requests(liv
     engine.close()
 
     live_server.start()  # restarted on the same port
-    before = live_server.requests_received()
+    before = live_server.requests_answered()
     rerun = served(live_server, tmp_path, concurrency=2)
     out = generate_sharded(rerun, requests, Sampling(max_new_tokens=24), tmp_path / "shards", shard_size=16)
-    assert live_server.requests_received() - before == 96 - finished  # only the unfinished ones
+    assert live_server.requests_answered() - before == 96 - finished  # only the unfinished ones
     assert rerun.sent == 96 - finished
     assert out == [hf_greedy[r.id] for r in requests]
 
@@ -328,17 +328,17 @@ def test_server_restarted_while_the_engine_retries_and_the_stage_completes(live_
         run_stage(engine, requests, tmp_path / "shards", errors)))
     stage.start()
     at_kill = kill_when_cached(live_server, engine, 24)
-    before = live_server.requests_received()
+    before = live_server.requests_answered()
     live_server.start()
     stage.join()
     assert not errors and at_kill < 96
     assert results[0] == [hf_greedy[r.id] for r in requests]
-    assert live_server.requests_received() - before <= 96 - at_kill + 2  # + the (at most 2) in flight at the kill
+    assert live_server.requests_answered() - before <= 96 - at_kill + 2  # + the (at most 2) in flight at the kill
 
 
 def test_tiny_loop_with_responses_served_by_transformers_serve(live_server, tmp_path):
     run_dir = tmp_path / "run"
-    before = live_server.requests_received()
+    before = live_server.requests_answered()
     proc = run_iterate(run_dir, "responses.engine.kind=openai", f"responses.engine.base_url={live_server.base_url}",
                        f"responses.engine.cache_dir={tmp_path / 'cache'}", "responses.engine.concurrency=4",
                        "responses.engine.shard_size=32",
@@ -347,5 +347,5 @@ def test_tiny_loop_with_responses_served_by_transformers_serve(live_server, tmp_
     responses = read_jsonl(run_dir / "round_01" / "responses.jsonl")
     prompts = read_jsonl(run_dir / "round_01" / "prompts.jsonl")
     assert [r["id"] for r in responses] == [p["id"] for p in prompts] and responses
-    assert live_server.requests_received() - before == len(prompts)  # round 1: π_0 answers each prompt once
+    assert live_server.requests_answered() - before == len(prompts)  # round 1: π_0 answers each prompt once
     assert (run_dir / "round_01" / "eval" / "toy" / "metrics.json").exists()
