@@ -139,6 +139,7 @@ def test_hf_rendering_matches_the_trainers_with_one_bos(hf, tmp_path):
         assert prompt_ids == ids, trainer
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_renders_the_same_token_ids(hf, vllm_engine):
     for messages in (CONVERSATION, [{"role": "user", "content": "What is 3 plus 4?"}]):
@@ -160,6 +161,7 @@ def test_vllm_without_a_vllm_environment_is_a_clear_user_error():
         make_engine(EngineConfig(kind="vllm", python=sys.executable), TINY_MODEL)
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_greedy_equals_hf(hf, vllm_engine):
     assert vllm_engine.mode == "child"
@@ -171,6 +173,7 @@ def test_vllm_greedy_equals_hf(hf, vllm_engine):
     assert got == expected  # texts, finish reasons and token counts
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_sampling_n_seed_stop_and_length(vllm_engine):
     requests = benchmark_requests(8)
@@ -187,6 +190,7 @@ def test_vllm_sampling_n_seed_stop_and_length(vllm_engine):
     assert "length" in {x.finish_reasons[0] for x in short} and all(x.num_tokens[0] <= 2 for x in short)
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_stop_strings_match_hf(hf, vllm_engine):
     requests = benchmark_requests(24)
@@ -223,6 +227,7 @@ engine.close()
 """
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_in_process_in_the_vllm_venv_serves_a_lora_adapter_like_hf_peft(hf, tmp_path):
     """synpo imported inside the vLLM venv (not installed there: PYTHONPATH) runs vLLM in-process;
@@ -270,6 +275,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_worker_dies_with_its_parent():
     parent = subprocess.Popen([sys.executable, "-c", ORPHAN, str(TINY_MODEL), vllm_python()],
@@ -366,6 +372,7 @@ def test_recipe_chat_template_overrides_the_tokenizers_in_every_local_engine(tmp
     assert "<<hi>>" not in plain.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_recipe_chat_template_reaches_the_vllm_worker(tmp_path):
     template = ("{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}"

@@ -79,6 +79,7 @@ def check_one_round(run_dir: Path, scorer_path: Path):
     assert saved["scorer"]["path"] == str(scorer_path) and saved["engine"]["kind"] == "hf"
 
 
+@pytest.mark.slow
 def test_llama3_recipe_runs_one_round_with_a_tiny_custom_code_reward_model(stand_ins, tmp_path):
     # ArmoRM's stand-in is custom code too: the recipe's explicit trust_remote_code lets it run
     run = tmp_path / "llama3"
@@ -89,6 +90,7 @@ def test_llama3_recipe_runs_one_round_with_a_tiny_custom_code_reward_model(stand
     assert saved["scorer"]["trust_remote_code"] is True and saved["train"]["gamma"] == 1.6
 
 
+@pytest.mark.slow
 def test_mistral_recipe_runs_one_round_with_a_tiny_scorer(stand_ins, tmp_path):
     # PairRM's stand-in is a tiny PairRM-architecture ranker when llm-blender (the pairrm extra) is
     # installed, so the recipe's own scorer.kind pairwise runs; otherwise a tiny reward model.

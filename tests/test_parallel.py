@@ -53,6 +53,7 @@ def same_files(a: Path, b: Path) -> bool:
 # ---- a real stage on 1 and 2 workers -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_responses_stage_on_two_hf_workers_writes_the_bytes_one_writes(tmp_path):
     from synpo.iterate import run_stages
     from synpo.stages.responses import generate_responses
@@ -133,6 +134,7 @@ def test_openai_engine_refuses_data_parallel_settings():
         EngineConfig(kind="openai", base_url="http://x/v1", data_parallel_size=2)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(vllm_python() is None, reason="no vLLM environment (scripts/setup_vllm_env.sh)")
 def test_vllm_cpu_on_two_workers_writes_the_bytes_one_writes(tmp_path):
     dirs = {}
@@ -164,6 +166,7 @@ def paced_engine(cfg, model, **options):
     return engine
 
 
+@pytest.mark.slow
 def test_a_killed_worker_costs_only_its_unfinished_shard(tmp_path):
     shards = tmp_path / "shards"
     cfg = EngineConfig(kind="hf", batch_size=8, data_parallel_size=2)
@@ -228,6 +231,7 @@ def ray_cluster():
     cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_actors_on_two_nodes_write_what_one_engine_writes(ray_cluster, tmp_path):
     cfg = EngineConfig(kind="hf", batch_size=8, data_parallel_size=2, ray_address=ray_cluster.address)
     engine = make_engine(cfg, TINY_MODEL, dtype="float32")
@@ -242,6 +246,7 @@ def test_ray_actors_on_two_nodes_write_what_one_engine_writes(ray_cluster, tmp_p
     assert same_files(tmp_path / "ray", tmp_path / "one")
 
 
+@pytest.mark.slow
 def test_ray_reward_model_copies_score_like_one(ray_cluster, tmp_path):
     path = build_reward_model(tmp_path / "rm")
     cfg = ScorerConfig(kind="reward_model", path=str(path), batch_size=2, data_parallel_size=2)

@@ -64,6 +64,7 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss,adapter", [("dpo", "periodic_lora"), ("simpo", "periodic_lora"), ("simpo", "full")])
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, policy, loss, adapter, monkeypatch):
     rows = preference_rows(32)
@@ -143,6 +144,7 @@ def test_recipe_naming_an_accelerate_config_launches_a_child(monkeypatch, tmp_pa
     assert written == job.model_copy(update={"threads": written.threads})  # the job the ranks run, unchanged
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="the deepspeed extra is not installed")
 @pytest.mark.parametrize("loss,adapter", [("dpo", "periodic_lora"), ("simpo", "lora")])
 def test_deepspeed_zero3_on_cpu_matches_one_process(tmp_path, policy, loss, adapter, monkeypatch):
