@@ -36,6 +36,25 @@ def load_pretrained(loader, path: str, what: str, **kwargs):
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: could not load {what}: {first}") from None
+    except ImportError as e:
+        # transformers imports optional packages it finds installed (mistral-common for any
+        # `model_type: mistral` tokenizer); one installed without its own dependencies fails here.
+        broken = _broken_package(e)
+        if broken is None:
+            raise UserError(f"{path}: could not load {what}: {str(e).strip().splitlines()[0]}") from None
+        raise UserError(f"{path}: could not load {what}: {broken} is installed but does not import ({e}); "
+                        f"install it with its dependencies (pip install {broken}) or uninstall it") from None
+
+
+def _broken_package(error: ImportError) -> str | None:
+    """The installed distribution whose import raised `error` (from the traceback's files), if any."""
+    import traceback
+
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        match = re.search(r"site-packages/([A-Za-z0-9_]+)/", frame.filename.replace("\\", "/"))
+        if match and match.group(1) != "transformers":
+            return match.group(1).replace("_", "-")
+    return None
 
 
 def chat_template_text(value: str) -> str:

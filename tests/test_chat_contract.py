@@ -201,3 +201,45 @@ def test_an_over_long_prompt_is_dropped_counted_and_the_loss_is_finite(tmp_path,
     metrics = train(job)
     assert metrics["dropped_long_prompts"] == 1 and metrics["train_rows"] == 3
     assert math.isfinite(metrics["train_loss"])  # the mean over the steps: one NaN step makes it NaN
+
+
+@pytest.fixture
+def mistral_architecture(built, tmp_path):
+    """A `model_type: mistral` checkpoint (as zephyr-7b-sft-full's) over Mistral v0.1's vocabulary.
+    transformers 5 imports mistral-common for such a tokenizer whenever mistral-common is installed."""
+    if "mistral" not in built:
+        pytest.skip("mistral-common is not installed (the chat-contract extra)")
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(built["mistral"]))
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                             eos_token_id=tokenizer.eos_token_id, **TINY))
+    model.save_pretrained(tmp_path / "mistral")
+    tokenizer.save_pretrained(tmp_path / "mistral")
+    return tmp_path / "mistral"
+
+
+def test_a_mistral_architecture_tokenizer_loads_and_renders_one_bos(mistral_architecture):
+    import json
+
+    assert json.loads((mistral_architecture / "config.json").read_text())["model_type"] == "mistral"
+    tokenizer = load_tokenizer(str(mistral_architecture))
+    ids = render_chat(tokenizer, PROMPT)
+    assert ids[0] == tokenizer.bos_token_id and _bos_count(tokenizer, ids) == 1
+    assert tokenizer.decode(ids).endswith(GENERATION_PROMPT["mistral"])
+
+
+def test_a_broken_optional_package_is_named_in_one_line(mistral_architecture, monkeypatch):
+    """mistral-common installed without its dependencies (as `pip install --no-deps` leaves it): the
+    error names the package and the fix instead of a traceback from inside transformers."""
+    import sys
+
+    from synpo.errors import UserError
+
+    for module in [m for m in sys.modules if m.startswith(("mistral_common", "transformers.integrations.mistral"))]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "jsonschema", None)  # one of the dependencies --no-deps leaves out
+    with pytest.raises(UserError, match=r"mistral-common is installed but does not import .*jsonschema.*"
+                                        r"pip install mistral-common"):
+        load_tokenizer(str(mistral_architecture))
