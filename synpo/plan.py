@@ -817,6 +817,7 @@ def main(recipe_path: str, overrides: list[str], gpus_spec: str | None) -> int:
         console.print(f"[yellow]warning[/yellow] (checked again when the run starts): {problem}")
     if recipe.scorer.kind == "reward_model":
         config, _ = read_config(recipe.scorer.path)
-        check_remote_code(recipe.scorer.path, recipe.scorer.trust_remote_code, config=config)
+        # a plan is made offline, often away from the run's machine: the code is imported at preflight
+        check_remote_code(recipe.scorer.path, recipe.scorer.trust_remote_code, config=config, import_code=False)
     render(recipe, gpus, console)
     return 0

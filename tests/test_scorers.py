@@ -90,6 +90,39 @@ def test_custom_code_reward_model_needs_trust_remote_code_in_the_recipe(armo_lik
     assert scorer.score(PROMPTS[:1], RESPONSES[:1]) == pytest.approx(batched[:1], abs=1e-4)  # reloads
 
 
+def test_armorm_shaped_code_loads_and_gates_on_the_assistant_header(armo_like):
+    """The stand-in imports and calls what ArmoRM's modeling_custom.py does (LLAMA_INPUTS_DOCSTRING,
+    gone in transformers 5, included); its score is the gated sum at the header it searches for."""
+    from tests.paper_stand_ins import ARMO_HEADER
+
+    scorer = rm_scorer(armo_like, trust_remote_code=True)
+    score = scorer.score(PROMPTS[:1], RESPONSES[:1])[0]
+    model, ids = scorer.model, scorer.render(PROMPTS[0], RESPONSES[0])
+    header = scorer.tokenizer(ARMO_HEADER, add_special_tokens=False)["input_ids"]
+    at = max(j for j in range(len(ids)) if ids[j:j + len(header)] == header)
+    with torch.inference_mode():
+        hidden = model.model(torch.tensor([ids])).last_hidden_state[0]
+        gate = torch.softmax(model.gating(hidden[at]), dim=-1)
+        expected = float((gate * model.regression_layer(hidden[-1])).sum())
+    assert score == pytest.approx(expected, abs=1e-5)
+
+
+def test_reward_model_code_that_does_not_import_stops_before_any_stage(armo_like, tmp_path):
+    import shutil
+
+    from synpo.scoring.reward_model import check_remote_code
+
+    broken = tmp_path / "broken_armo"
+    shutil.copytree(armo_like, broken)
+    code = broken / "modeling_custom.py"
+    code.write_text(code.read_text().replace("import LLAMA_INPUTS_DOCSTRING", "import LLAMA_GONE_FOR_GOOD"))
+    check_remote_code(str(armo_like), True)  # the real shape imports (the shim for transformers 5)
+    with pytest.raises(UserError, match=r"modeling_custom\.py\) does not import with transformers .*LLAMA_GONE"):
+        check_remote_code(str(broken), True)  # what preflight and the scorer call before any work
+    with pytest.raises(UserError, match="trust_remote_code: true"):  # untrusted code is never imported
+        check_remote_code(str(broken), False)
+
+
 def test_gaps_are_differences_of_reward_scores(reward_model):
     scorer = rm_scorer(reward_model)
     a, b = scorer.score(PROMPTS, RESPONSES), scorer.score(PROMPTS, RESPONSES[::-1])

@@ -56,12 +56,47 @@ def needs_remote_code(config: dict | None) -> str | None:
     return auto_map.get("AutoModelForSequenceClassification")
 
 
-def check_remote_code(path: str, trust_remote_code: bool, field: str = "scorer", config: dict | None = None) -> None:
-    """UserError when the model needs its own code and the recipe did not say it trusts it."""
+def check_remote_code(path: str, trust_remote_code: bool, field: str = "scorer", config: dict | None = None,
+                      import_code: bool = True) -> None:
+    """UserError when the model needs its own code and the recipe did not say it trusts it, or (import_code)
+    when that code does not import."""
     custom = needs_remote_code(config if config is not None else read_model_config(path))
     if custom and not trust_remote_code:
         raise UserError(f"{field}.path: {path} ships its own model code ({custom}); it runs only if the recipe "
                         f"says so: set {field}.trust_remote_code: true (read the code first)")
+    if custom and import_code:
+        import_remote_class(path, custom, field)
+
+
+def import_remote_class(path: str, custom: str, field: str = "scorer"):
+    """The model's own class, imported (no weights): code that no longer imports with the installed
+    transformers stops the run here, not at the first scoring stage hours into it."""
+    import transformers
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    remote_code_shims()
+    local = Path(path).expanduser()
+    try:
+        return get_class_from_dynamic_module(custom, str(local) if local.is_dir() else path)
+    except Exception as e:  # noqa: BLE001 - whatever the remote module raises while importing
+        file = custom.rsplit(".", 1)[0].split("--")[-1] + ".py"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{field}.path: {path}: its own model code ({file}) does not import with transformers "
+                        f"{transformers.__version__}: {type(e).__name__}: {first}") from None
+
+
+def remote_code_shims() -> None:
+    """Names reward models' own code imports that transformers 5 removed, put back as what they were.
+
+    ArmoRM's modeling_custom.py does `from transformers.models.llama.modeling_llama import
+    LLAMA_INPUTS_DOCSTRING` only to pass it to `add_start_docstrings_to_model_forward` (which
+    transformers 5 kept): it is the text of a docstring, nothing runs it. The rest of what that file
+    calls still works in transformers 5 (`config.use_return_dict`, and the backbone's
+    `past_key_values=` / `output_attentions=` / `return_dict=` arguments, renamed or taken as kwargs)."""
+    from transformers.models.llama import modeling_llama
+
+    if not hasattr(modeling_llama, "LLAMA_INPUTS_DOCSTRING"):
+        modeling_llama.LLAMA_INPUTS_DOCSTRING = ""
 
 
 class RewardModelScorer:
@@ -109,6 +144,8 @@ class RewardModelScorer:
         trust = self.cfg.trust_remote_code
         self._load_tokenizer()
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        if trust:
+            remote_code_shims()
         model = load_pretrained(AutoModelForSequenceClassification.from_pretrained, self.path, "reward model",
                                 dtype=dtype, trust_remote_code=trust, use_safetensors=True)
         self.model = model.to(device).eval()
