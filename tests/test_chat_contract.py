@@ -243,3 +243,62 @@ def test_a_broken_optional_package_is_named_in_one_line(mistral_architecture, mo
     with pytest.raises(UserError, match=r"mistral-common is installed but does not import .*jsonschema.*"
                                         r"pip install mistral-common"):
         load_tokenizer(str(mistral_architecture))
+
+
+# alignment-handbook's chat template, the one alignment-handbook/zephyr-7b-sft-full ships: no bos_token.
+ZEPHYR_TEMPLATE = (
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] "
+    "+ eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}"
+    "\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+    "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
+
+
+@pytest.fixture(params=["tiny", "mistral"])
+def zephyr_like(request, built, tmp_path):
+    """A model whose tokenizer adds a BOS and whose template writes none, as zephyr-7b-sft-full: over the
+    tiny vocabulary (always) and over Mistral v0.1's on a `model_type: mistral` model (chat-contract extra)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from synpo.toy import TINY_MODEL
+
+    if request.param == "tiny":
+        shutil.copytree(TINY_MODEL, tmp_path / "zephyr")
+    else:
+        mistral = request.getfixturevalue("mistral_architecture")
+        shutil.copytree(mistral, tmp_path / "zephyr")
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "zephyr"))
+    tokenizer.chat_template = ZEPHYR_TEMPLATE
+    tokenizer.save_pretrained(tmp_path / "zephyr")
+    return tmp_path / "zephyr"
+
+
+def test_a_template_without_the_bos_its_tokenizer_adds_gets_it_once(zephyr_like, tmp_path):
+    from synpo.models import effective_chat_template
+    from synpo.training.trainers import build_trainer
+
+    tokenizer = load_tokenizer(str(zephyr_like))
+    bos = tokenizer.bos_token_id
+    assert tokenizer("a")["input_ids"][0] == bos  # the tokenizer adds one; the template alone writes none
+    ids = render_chat(tokenizer, PROMPT)  # the hf engine
+    assert ids[0] == bos and _bos_count(tokenizer, ids) == 1
+    assert tokenizer.decode(ids[1:]).startswith("<|user|>\n" + PROMPT[0]["content"])
+    # the vLLM worker loads the tokenizer itself: it is handed the completed template, which stays once
+    # completed through a save and a reload (a trained model's directory)
+    template = effective_chat_template(str(zephyr_like))
+    assert template == "{{ bos_token }}" + ZEPHYR_TEMPLATE
+    import shutil
+
+    shutil.copytree(zephyr_like, tmp_path / "saved")
+    tokenizer.save_pretrained(tmp_path / "saved")
+    assert load_tokenizer(str(tmp_path / "saved")).chat_template == template
+    for kind, loss in (("sft", None), ("preference", "simpo"), ("preference", "dpo")):
+        job = training_job(tmp_path, zephyr_like, kind, _rows(kind)[:1], name=f"{kind}-{loss}", adapter="full",
+                           max_length=MAX_LENGTH, batch_size=1, **({"loss": loss, "beta": 0.1} if loss else {}))
+        trainer, _, _ = build_trainer(job)
+        row = trainer.train_dataset[0]
+        trained = {"sft": row.get("input_ids"), "dpo": row.get("prompt_ids"),
+                   "simpo": row.get("chosen_input_ids")}[loss or "sft"]
+        assert trained[0] == bos and _bos_count(tokenizer, trained) == 1, (kind, loss)
