@@ -107,6 +107,21 @@ def test_armorm_shaped_code_loads_and_gates_on_the_assistant_header(armo_like):
     assert score == pytest.approx(expected, abs=1e-5)
 
 
+def test_an_over_long_conversation_keeps_its_end_and_armorm_finds_its_header(armo_like):
+    """Cutting the head would drop the assistant header ArmoRM's gating searches for (it raises);
+    the scorer keeps BOS and the end: the header, the response and its last token."""
+    scorer = rm_scorer(armo_like, trust_remote_code=True, max_length=24)
+    long_prompt = "Sort these numbers: " + " ".join(str(i) for i in range(200))
+    scores = scorer.score([long_prompt, PROMPTS[0]], ["0 1 2", RESPONSES[0]])
+    assert scorer.truncated == 1 and all(math.isfinite(x) for x in scores)
+    ids = scorer.render(long_prompt, "0 1 2")
+    full = scorer.tokenizer.apply_chat_template([{"role": "user", "content": long_prompt},
+                                                 {"role": "assistant", "content": "0 1 2"}], tokenize=False)
+    full_ids = scorer.tokenizer(full, add_special_tokens=False)["input_ids"]
+    assert len(ids) == 24 and ids[-20:] == full_ids[-20:]
+    assert scorer.tokenizer.decode(ids).endswith("### assistant:\n0 1 2" + scorer.tokenizer.eos_token)
+
+
 def test_reward_model_code_that_does_not_import_stops_before_any_stage(armo_like, tmp_path):
     import shutil
 

@@ -43,6 +43,7 @@ class VLLMEngine:
                        tensor_parallel_size=cfg.tensor_parallel_size,
                        gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
                        trust_remote_code=trust_remote_code)
+        self._max_model_len = cfg.max_model_len
         self._generator = self._worker = None
         if cfg.python:
             self.mode = "child"
@@ -70,7 +71,8 @@ class VLLMEngine:
             self._generator.generate(rows, asdict(sampling))
         if [r["id"] for r in out] != [r.id for r in requests]:
             raise RuntimeError("vLLM worker returned completions for other requests")
-        return [Completion(**r) for r in out]
+        report_context(out, sampling.max_new_tokens, self._max_model_len)
+        return [Completion(**{k: v for k, v in r.items() if k not in ("prompt_tokens", "capped")}) for r in out]
 
     def close(self) -> None:
         if self._worker:
@@ -79,6 +81,23 @@ class VLLMEngine:
         if self._generator:
             self._generator.close()
             self._generator = None
+
+
+def report_context(rows: list[dict], max_new_tokens: int, max_model_len: int | None) -> None:
+    """Log the requests the context did not hold: prompts that fill it (not generated, finish
+    reason prompt_too_long, so their rows drop as empty) and answers given less than max_new_tokens."""
+    from synpo.progress import log
+
+    limit = f"engine.max_model_len={max_model_len}" if max_model_len else "the model's context length"
+    too_long = sum(r["finish_reasons"][:1] == ["prompt_too_long"] for r in rows)
+    capped = sum(bool(r.get("capped")) for r in rows)
+    if too_long:
+        longest = max(r["prompt_tokens"] for r in rows)
+        log(f"[yellow]vllm[/yellow]: {too_long} of {len(rows)} prompts fill {limit} (the longest {longest} tokens) "
+            "and were not generated; their rows are dropped")
+    if capped:
+        log(f"[yellow]vllm[/yellow]: {capped} of {len(rows)} prompts leave less than max_new_tokens={max_new_tokens} "
+            f"within {limit}: those answers were capped; raise engine.max_model_len")
 
 
 class WorkerProcess:

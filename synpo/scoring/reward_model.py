@@ -2,8 +2,9 @@
 
 Each (prompt, response) pair is rendered as a two-turn conversation with the reward model's
 *own* chat template (its tokenizer's, not the policy's), tokenized without extra special
-tokens (the template decides BOS), and cut to `scorer.max_length` tokens (the first tokens
-are kept; a cut row is counted and logged, since its score reads an unfinished answer).
+tokens (the template decides BOS), and cut to `scorer.max_length` tokens (the BOS and the
+last tokens are kept, so the response and the assistant header before it survive; a cut row
+is counted and logged).
 
 Batching gives the same scores as one pair at a time:
 - rows are sorted by length, so a batch pads little, and padded on the *right*, so real
@@ -171,8 +172,11 @@ class RewardModelScorer:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > self.cfg.max_length:
+            # Keep the end: the response, the assistant header before it (ArmoRM gates on it and raises
+            # without it) and the last token the head reads; the prompt's start goes, BOS kept.
             self.truncated += 1
-            ids = ids[: self.cfg.max_length]
+            head = ids[:1] if ids[0] == self.tokenizer.bos_token_id else []
+            ids = head + ids[len(ids) - (self.cfg.max_length - len(head)):]
         return ids
 
     def valid(self, prompts):
