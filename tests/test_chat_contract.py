@@ -165,7 +165,7 @@ def test_training_ids_are_the_chat_template_ids(tmp_path, case, kind, loss):
     tokenizer = _tokenizer(case)
     train = {"loss": loss, "beta": 0.1} if loss else {}
     trainer, _, dropped = build_trainer(_job(tmp_path, case, kind, _rows(kind), **train))
-    assert dropped == 1 and len(trainer.train_dataset) == 1  # the long prompt, counted
+    assert dropped["long_prompts"] == 1 and len(trainer.train_dataset) == 1  # the long prompt, counted
     row = trainer.train_dataset[0]
     prompt_ids = render_chat(tokenizer, PROMPT)
     end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN[name])
