@@ -247,8 +247,21 @@ def build_trainer(job: TrainingJob):
 
         from synpo.training.chat_ids import SimPOTrainer
 
-        trainer = SimPOTrainer(args=CPOConfig(**args), **common)
+        trainer = SimPOTrainer(args=_reentrant_under_zero3(CPOConfig(**args), model), **common)
     return trainer, tokenizer, dropped
+
+
+def _reentrant_under_zero3(args, model):
+    """Reentrant activation checkpointing for an adapter under ZeRO-3, as TRL's SFT and DPO trainers
+    force it (TRL issue 2514): transformers 5 checkpoints non-reentrantly by default, and ZeRO-3's
+    partitioned frozen base weights break the non-reentrant recompute. TRL's CPOTrainer (SimPO) does
+    not do this; SimPO gets the same rule here."""
+    from accelerate.utils import is_peft_model
+
+    plugin = getattr(args, "deepspeed_plugin", None)
+    if is_peft_model(model) and args.gradient_checkpointing and plugin is not None and plugin.zero_stage == 3:
+        args.gradient_checkpointing_kwargs = {**(args.gradient_checkpointing_kwargs or {}), "use_reentrant": True}
+    return args
 
 
 def train(job: TrainingJob) -> dict:
