@@ -523,6 +523,18 @@ def engines_of(engine, gpus: GPUs) -> int:
     return engine.data_parallel_size or max(1, gpus.count // tp)
 
 
+def busiest_engine(sequences: int, engines: int, shard: int, kind: str) -> int:
+    """Sequences the busiest of `engines` generates, in waves: vLLM engines take jobs cut to fill every
+    engine in each wave (engines/parallel.py balanced_jobs); hf engines take whole shards of `shard`."""
+    if engines <= 1:
+        return sequences
+    if kind == "vllm":
+        waves = -(-sequences // (engines * shard))
+        return waves * -(-sequences // (engines * waves))
+    shards = -(-sequences // shard)
+    return min(sequences, -(-shards // engines) * shard)
+
+
 def generation_seconds(load: Load, gpus: GPUs) -> float | None:
     """Decode (memory- or compute-bound, whichever is slower) plus prefill, on the stage's engines."""
     flops, bandwidth = gpus.speed
@@ -531,7 +543,8 @@ def generation_seconds(load: Load, gpus: GPUs) -> float | None:
     engines = engines_of(engine, gpus)
     weights = arch.params * arch.weight_bytes + load.adapter_bytes
     kv = arch.kv_bytes_per_token()
-    per_engine = -(-load.sequences // engines)
+    per_engine = busiest_engine(load.sequences, engines, engine.shard_size * max(load.sequences // max(load.prompts, 1),
+                                                                               1), engine.kind)
     full = min(load.prompt_tokens + load.new_tokens, engine.max_model_len or arch.max_positions)
     if engine.kind == "vllm":
         room = tp * (engine.gpu_memory_utilization * gpus.memory - OVERHEAD) - weights
@@ -543,7 +556,8 @@ def generation_seconds(load: Load, gpus: GPUs) -> float | None:
     step_bytes = weights + batch * (load.prompt_tokens + load.new_tokens / 2) * kv
     step = max(step_bytes / (tp * bandwidth * BW_UTIL), 2 * arch.params * batch / (tp * flops * PREFILL_MFU))
     decode = per_engine / batch * load.new_tokens * step
-    prefill = 2 * arch.params * load.prompt_tokens * -(-load.prompts // engines) / (tp * flops * PREFILL_MFU)
+    prefill = (2 * arch.params * load.prompt_tokens * per_engine * load.prompts / max(load.sequences, 1)
+               / (tp * flops * PREFILL_MFU))
     return decode + prefill
 
 
@@ -769,7 +783,10 @@ def host_cell(memory: Memory) -> str:
     if not memory.host:
         return "-"
     total = sum(memory.host.values())
-    return f"{total / GiB:.0f} ({' + '.join(memory.host)})"
+    return f"{total / GiB:.0f} {'+'.join(HOST_SHORT[k] for k in memory.host)}"
+
+
+HOST_SHORT = {"loading": "L", "optim (offload)": "O", "weights (offload)": "W", "fold carry": "C"}
 
 
 def render(recipe: Recipe, gpus: GPUs | None, console=None) -> list[Step]:
@@ -788,10 +805,11 @@ def render(recipe: Recipe, gpus: GPUs | None, console=None) -> list[Step]:
     console.print(f"seed rows: {info['seed_rows'] if info['seed_rows'] is not None else '? (set data.seed.limit)'}; "
                   "generation counts are upper bounds (filters drop some prompts)")
     table = Table(title="stages, work and peak memory per GPU (GiB)", show_lines=False)
-    for col, kw in [("round", {"justify": "right"}), ("stage", {}), ("model", {}), ("runs as", {}), ("work", {}),
+    for col, kw in [("round", {"justify": "right"}), ("stage", {}), ("model", {}), ("runs as", {"no_wrap": True}),
+                    ("work", {}),
                     ("tokens", {"justify": "right"}), ("hours", {"justify": "right"}),
                     ("GiB/GPU", {"justify": "right"}), ("breakdown (GiB)", {"no_wrap": True}), ("fits", {}),
-                    ("host GiB", {"no_wrap": True})]:
+                    ("host", {"no_wrap": True})]:
         table.add_column(col, **kw)
     worst = []
     for s in steps:
@@ -808,6 +826,10 @@ def render(recipe: Recipe, gpus: GPUs | None, console=None) -> list[Step]:
                       f"{seconds / 3600:.2f}", gib, s.memory.breakdown(parts) if parts else "-", fits,
                       host_cell(s.memory), style="red" if fits.startswith("NO") else None)
     console.print(table)
+    if any(s.memory.host for s in steps):
+        console.print("host: the node's RAM in GiB over all its processes; L every process loads the whole model "
+                      "before ZeRO-3 / FSDP shard it, O / W ZeRO offload of optimizer / weights, C PeriodicLoRA's "
+                      "fold carry")
     if gpus is not None:
         console.print("[green]every stage fits[/green]" if not worst else
                       f"[red]{len(worst)} stage(s) do not fit[/red]: use LoRA/QLoRA, ZeRO-3 over more GPUs, "

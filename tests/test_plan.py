@@ -294,6 +294,16 @@ def test_host_memory_of_training_stages():
 def test_plan_shows_host_memory(capsys):
     assert cli(["plan", str(ROOT / "recipes" / "llama3-8b-synpo.yaml"), "--gpus", "8xA100-80G"]) == 0
     out = capsys.readouterr().out
-    assert "host GiB" in out
+    assert "host: the node's RAM" in out
     policy = next(line for line in out.splitlines() if "policy θ_t" in line)
-    assert f"{8 * 2 * LLAMA3_PARAMS / GiB:.0f} (loading)" in policy
+    assert f"{8 * 2 * LLAMA3_PARAMS / GiB:.0f} L" in policy
+
+
+def test_generation_hours_follow_the_waves_of_jobs():
+    """vLLM workers take jobs cut to fill every engine in each wave; hf workers take whole shards."""
+    from synpo.plan import busiest_engine
+
+    assert busiest_engine(805, 8, 2048, "vllm") == 101  # not 805 on one GPU
+    assert busiest_engine(18000, 8, 2048, "vllm") == 2250  # two waves of 1125
+    assert busiest_engine(18000, 8, 2048, "hf") == 2 * 2048  # nine shards: a second wave of one
+    assert busiest_engine(805, 8, 2048, "hf") == 805 and busiest_engine(805, 1, 2048, "vllm") == 805

@@ -66,7 +66,8 @@ class VLLMEngine:
     def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
         if not requests:
             return []
-        rows = [{"id": r.id, "messages": r.messages} for r in requests]
+        rows = [{"id": r.id, "messages": r.messages, **({"seed": r.seed} if r.seed is not None else {})}
+                for r in requests]
         out = self._worker.generate(rows, asdict(sampling)) if self._worker else \
             self._generator.generate(rows, asdict(sampling))
         if [r["id"] for r in out] != [r.id for r in requests]:

@@ -165,7 +165,8 @@ class Generator:
         params = [SamplingParams(n=1 if greedy else n, temperature=sampling["temperature"],
                                  top_p=1.0 if greedy else sampling["top_p"], max_tokens=budgets[i],
                                  stop=stop or None, stop_token_ids=self.stop_ids,
-                                 seed=request_seed(sampling["seed"], i))
+                                 seed=request_seed(sampling["seed"], i) if requests[i].get("seed") is None
+                                 else requests[i]["seed"])
                   for i in run]
         prompts = [TokensPrompt(prompt_token_ids=ids[i]) for i in run]
         outputs = dict(zip(run, self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
