@@ -385,7 +385,7 @@ def test_recipe_chat_template_overrides_the_tokenizers_in_every_local_engine(tmp
                                                     add_generation_prompt=True)
     finally:
         engine.close()
-    assert text == "<<hi>>ANSWER:"
+    assert text == "<s><<hi>>ANSWER:"  # the recipe's template, with the BOS its tokenizer adds (written once)
     plain = HFEngine(str(TINY_MODEL), batch_size=2)
     assert "<<hi>>" not in plain.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
 
@@ -400,5 +400,7 @@ def test_recipe_chat_template_reaches_the_vllm_worker(tmp_path):
         ids = engine.render(Request("t", [{"role": "user", "content": "hi"}]))
     finally:
         engine.close()
-    tokenizer = HFEngine(str(TINY_MODEL), batch_size=2).tokenizer
-    assert tokenizer.decode(ids) == "<<hi>>ANSWER:"
+    hf = HFEngine(str(TINY_MODEL), batch_size=2, chat_template=template)
+    # the template writes no BOS and the tokenizer adds one: both engines render it once, in front
+    assert ids == hf.render(Request("t", [{"role": "user", "content": "hi"}]))
+    assert hf.tokenizer.decode(ids) == "<s><<hi>>ANSWER:"
