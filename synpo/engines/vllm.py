@@ -8,7 +8,8 @@ venv (scripts/setup_vllm_env.sh). Where the engine runs:
   self-contained file; synpo need not be installed there). It loads the model once per
   stage, serves one job per shard (requests in, completion JSONL out) and exits when the
   stage closes the engine, which returns all of its GPU memory before training starts. It
-  dies with synpo (PR_SET_PDEATHSIG), so a killed run leaves no GPU holder behind.
+  runs under a keeper (synpo.processes) that ends its whole tree, vLLM's engine core included, when
+  synpo dies or closes it, so a killed run leaves no GPU holder behind.
 Both paths share the worker's code: chat-template rendering to token ids, SamplingParams
 with a seed per request, LoRA adapters through LoRARequest, prefix caching.
 """
@@ -105,7 +106,7 @@ class WorkerProcess:
     """vllm_worker.py in a child process, spoken to one JSON line at a time."""
 
     def __init__(self, python: str, options: dict):
-        from synpo.processes import die_with_parent
+        from synpo.processes import popen_kept
         from synpo.progress import log, quiet
 
         if not Path(python).exists():
@@ -116,16 +117,18 @@ class WorkerProcess:
         # synpo's PYTHONPATH has no business in vLLM's environment. PR_SET_PDEATHSIG fires when the
         # *thread* that started the worker ends: start engines from the thread that uses them.
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-        self._proc = subprocess.Popen([python, str(WORKER), json.dumps(options)], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                      preexec_fn=die_with_parent)
+        # Under a keeper (synpo.processes): vLLM's engine core, a grandchild on the GPU, ends with it.
+        self._proc = popen_kept([python, str(WORKER), json.dumps(options)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self._tail: collections.deque[str] = collections.deque(maxlen=30)
         self._stderr = threading.Thread(target=self._pump_stderr, daemon=True)
         self._stderr.start()
         try:
             ready = self._receive()
         except (RuntimeError, KeyboardInterrupt) as e:
-            self._proc.kill()
+            from synpo.processes import stop
+
+            stop(self._proc)
             self.close()
             if "No module named 'vllm'" in str(e):
                 raise UserError(f"engine.python: {python} cannot import vllm; build a vLLM environment with "
@@ -180,7 +183,8 @@ class WorkerProcess:
                 self._proc.stdin.close()
                 self._proc.wait(timeout=120)
             except (OSError, subprocess.TimeoutExpired):
-                self._proc.kill()
-                self._proc.wait()
+                from synpo.processes import stop
+
+                stop(self._proc)  # the keeper ends the engine core too
         self._stderr.join(timeout=5)
         shutil.rmtree(self._dir, ignore_errors=True)
