@@ -270,3 +270,40 @@ def test_plan_walks_the_loops_stage_list_for_every_variant():
             assert [s.model for s in policy] == ["θ0 → θ1", "θ1 → θ2", "θ2 → θ3"]
         if overrides == ["pairs.strategy=sampling_ranking"]:
             assert "responses (π_{t-1} x4)" in names and "refine" not in names
+
+
+def test_host_memory_of_training_stages():
+    """Host RAM of the node: ZeRO-3 without zero3_init loads the whole model in every process first;
+    PeriodicLoRA on a bf16 base keeps a 2-byte rounding carry per folded weight in every process."""
+    from synpo.plan import training_host_memory
+
+    arch = load_arch(LLAMA3)
+    P = LLAMA3_PARAMS
+    loading = Layout(processes=8, kind="deepspeed", zero_stage=3, init_sharded=False)
+    full = TrainConfig(adapter="full")
+    assert training_host_memory(arch, full, loading, reference=False) == {"loading": 8 * 2 * P}
+    assert training_host_memory(arch, full, loading, reference=True) == {"loading": 8 * 2 * 2 * P}
+    assert training_memory(arch, full, loading, preference=True, loss="simpo").host == {"loading": 8 * 2 * P}
+    ddp = Layout(processes=8, kind="ddp")
+    periodic = TrainConfig(adapter="periodic_lora", lora=LoraConfig(r=64))
+    carry = training_host_memory(arch, periodic, ddp, reference=False)["fold carry"]
+    assert carry == 8 * 2 * arch.block_linear_params() and 90 * GiB < carry < 110 * GiB  # not fp32's ~210 GiB
+    assert training_host_memory(arch, TrainConfig(adapter="lora"), ddp, reference=False) == {}
+
+
+def test_plan_shows_host_memory(capsys):
+    assert cli(["plan", str(ROOT / "recipes" / "llama3-8b-synpo.yaml"), "--gpus", "8xA100-80G"]) == 0
+    out = capsys.readouterr().out
+    assert "host: the node's RAM" in out
+    policy = next(line for line in out.splitlines() if "policy θ_t" in line)
+    assert f"{8 * 2 * LLAMA3_PARAMS / GiB:.0f} L" in policy
+
+
+def test_generation_hours_follow_the_waves_of_jobs():
+    """vLLM workers take jobs cut to fill every engine in each wave; hf workers take whole shards."""
+    from synpo.plan import busiest_engine
+
+    assert busiest_engine(805, 8, 2048, "vllm") == 101  # not 805 on one GPU
+    assert busiest_engine(18000, 8, 2048, "vllm") == 2250  # two waves of 1125
+    assert busiest_engine(18000, 8, 2048, "hf") == 2 * 2048  # nine shards: a second wave of one
+    assert busiest_engine(805, 8, 2048, "hf") == 805 and busiest_engine(805, 1, 2048, "vllm") == 805
