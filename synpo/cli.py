@@ -80,18 +80,48 @@ def eval_recipe(args: argparse.Namespace):
     return load_recipe(args.recipe, [*overrides, *args.set], check_files=False)
 
 
-def eval_judged(args: argparse.Namespace) -> int:
-    """alpaca_eval / arena_hard / mt_bench on any checkpoint: the loop's evaluate stage, on its own.
-    Outputs in --out (default synpo-eval/MODEL/SUITE); answers are sharded there and judgments
-    cached, so running the same command again resumes and sends no finished request."""
+def eval_identity(model: str, inputs) -> str:
+    """What `synpo eval`'s answers are keyed by: the model (resolved path and content fingerprint,
+    chat template and tokenizer included) and the evaluation's inputs (sampling, suite, limit, seed,
+    engine, judge), hashed as the loop's stages hash theirs. Two checkpoints both named `policy`
+    get their own answers; the same checkpoint evaluated again reuses them."""
     from pathlib import Path
 
+    from synpo.models import checkpoint_fingerprint
+    from synpo.run import fingerprint, fingerprint_view
+
+    where = Path(model).expanduser()
+    location = str(where.resolve()) if where.exists() else model
+    return fingerprint("synpo eval", location, checkpoint_fingerprint(model), fingerprint_view(inputs))
+
+
+def eval_judged(args: argparse.Namespace) -> int:
+    """alpaca_eval / arena_hard / mt_bench on any checkpoint: the loop's evaluate stage, on its own.
+    Outputs in --out (default synpo-eval/NAME-IDENTITY/SUITE, IDENTITY from `eval_identity`);
+    answers are sharded there under that identity and judgments cached, so running the same command
+    again resumes and sends no finished request, while another model never reads them."""
+    import shutil
+    from pathlib import Path
+
+    from synpo.io import write_text
     from synpo.iterate import evaluation
     from synpo.stages.evaluate import evaluate_suite, headline
 
     recipe = eval_recipe(args)
-    out = Path(args.out) if args.out else Path("synpo-eval") / recipe.name / args.suite
-    metrics = evaluate_suite(evaluation(recipe, args.suite, recipe.name), args.model, out, out / ".work")
+    inputs = evaluation(recipe, args.suite, recipe.name)
+    identity = eval_identity(args.model, inputs)
+    out = Path(args.out) if args.out else Path("synpo-eval") / f"{recipe.name}-{identity[:8]}" / args.suite
+    work = out / ".work"
+    stamp = work / "fingerprint"
+    if work.exists() and (not stamp.exists() or stamp.read_text() != identity):
+        # answers sharded there came from another model, checkpoint content or sampling
+        from synpo.progress import log
+
+        log(f"[yellow]re-generate[/yellow] {out}: its answers were written for another model or settings")
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    write_text(stamp, identity)
+    metrics = evaluate_suite(inputs, args.model, out, work)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -176,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="judged suites: directory of the evaluation sets (eval.data_dir)")
     p.add_argument("--recipe", help="judged suites: take engine, judge and eval settings from this recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
-    p.add_argument("--out", help="judged suites: output directory (default synpo-eval/MODEL/SUITE)")
+    p.add_argument("--out", help="judged suites: output directory (default synpo-eval/NAME-ID/SUITE, ID a hash of the "
+                        "checkpoint's content and the eval settings)")
     p.set_defaults(fn=cmd_eval)
 
     p = sub.add_parser("decontaminate", help="drop the rows of a JSONL file whose prompt is a near-copy of an "

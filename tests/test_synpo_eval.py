@@ -164,3 +164,64 @@ def test_unparseable_verdicts_are_capped_like_failed_requests():
     tally.check(0.3, "alpaca_eval")  # 3 of 10 without a verdict: allowed
     with pytest.raises(UserError, match=r"3 of 10 judgments have no verdict \(1 failed .*, 2 unparseable\)"):
         tally.check(0.25, "alpaca_eval")
+
+
+def test_eval_answers_are_keyed_by_the_model_not_its_folder_name(tmp_path, data_dir, monkeypatch):
+    """Two checkpoints both named `policy`, evaluated one after the other from the same folder with
+    the default --out, each get their own answers; the same checkpoint again reuses its answers, and
+    one whose weights changed in place is answered again."""
+    import shutil
+
+    from synpo.stages import evaluate
+
+    class Echo:
+        """Answers with a hash of the weights' last bytes: which checkpoint answered."""
+
+        generated = 0
+
+        def __init__(self, model):
+            self.tag = (Path(model) / "model.safetensors").read_bytes()[-4096:].hex()[-12:]
+
+        def generate(self, requests, sampling):
+            Echo.generated += len(requests)
+            return [Completion(r.id, [f"answer by {self.tag}"], ["stop"], [3]) for r in requests]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(evaluate, "engine_for", lambda base_cfg, engine_cfg, model, seed: Echo(model))
+    monkeypatch.setenv("SYNPO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SYNPO_QUIET", "1")
+    monkeypatch.chdir(tmp_path)
+    models = {}
+    for run, t, flip in (("a", 1, 0), ("b", 2, 1)):
+        model = tmp_path / "runs" / run / f"round_0{t}" / "policy"
+        shutil.copytree(TINY_MODEL, model)
+        weights = bytearray((model / "model.safetensors").read_bytes())
+        weights[-1] ^= flip  # b: other weights, same shapes and size
+        (model / "model.safetensors").write_bytes(bytes(weights))
+        models[run] = model
+
+    def outputs_of(model):
+        args = ["eval", "--suite", "alpaca_eval", "--model", str(model), "--judge-url", judge.base_url,
+                "--judge-model", "scripted-judge", "--limit", "4", "--data-dir", str(data_dir), "--json"]
+        assert main(args) == 0
+        newest = max((tmp_path / "synpo-eval").glob("policy*/alpaca_eval/model_outputs.json"),
+                     key=lambda p: p.stat().st_mtime_ns)
+        return {o["output"] for o in read_json(newest)}
+
+    with ScriptedJudge() as judge:
+        tag = {k: (m / "model.safetensors").read_bytes()[-4096:].hex()[-12:] for k, m in models.items()}
+        assert tag["a"] != tag["b"]
+        assert outputs_of(models["a"]) == {f"answer by {tag['a']}"}
+        assert outputs_of(models["b"]) == {f"answer by {tag['b']}"}
+        assert Echo.generated == 8 and len(list((tmp_path / "synpo-eval").glob("policy*"))) == 2
+        assert outputs_of(models["a"]) == {f"answer by {tag['a']}"}
+        assert Echo.generated == 8  # the unchanged model's answers are reused
+        # the same --out folder for another checkpoint: answered again, not read back
+        fixed = ["--out", str(tmp_path / "fixed")]
+        common = ["eval", "--suite", "alpaca_eval", "--judge-url", judge.base_url, "--judge-model", "scripted-judge",
+                  "--limit", "4", "--data-dir", str(data_dir), "--json", *fixed]
+        assert main([*common, "--model", str(models["a"])]) == 0
+        assert main([*common, "--model", str(models["b"])]) == 0
+        assert {o["output"] for o in read_json(tmp_path / "fixed" / "model_outputs.json")} == {f"answer by {tag['b']}"}
