@@ -22,6 +22,10 @@ CORPUS_SAMPLE = 200  # paragraphs read up front: enough to catch a wrong format 
 
 def check_run_inputs(recipe: Recipe) -> Seed:
     """Check every input of a run; returns the seed set (read once, used by the run)."""
+    from synpo.tracking import check_trackers
+
+    check_trackers(recipe.logging.report_to)
+    check_engines(recipe)
     seed = read_seed(recipe.data.seed, recipe.seed)
     check_corpus(recipe)
     tokenizer = check_tokenizer(recipe)
@@ -36,6 +40,40 @@ def check_run_inputs(recipe: Recipe) -> Seed:
     for what, cfg in judges(recipe):
         probe_judge(what, cfg)
     return seed
+
+
+ENGINE_STAGES = ("prompt_generator", "improver", "responses", "eval")
+
+
+def check_engines(recipe: Recipe) -> None:
+    """Every vLLM engine can be started: vllm importable here, or by the python of engine.python.
+    Only a spec lookup, not an import: vLLM's import takes seconds."""
+    import importlib.util
+    import subprocess
+
+    checked = set()
+    for stage in ENGINE_STAGES:
+        cfg = recipe.engine_for(stage)
+        if cfg.kind != "vllm" or cfg.python in checked:
+            continue
+        checked.add(cfg.python)
+        key = f"{stage}.engine" if getattr(recipe, stage).engine is not None else "engine"
+        if cfg.python is None:
+            if importlib.util.find_spec("vllm") is None:
+                raise UserError(f"{key}.kind vllm: vllm is not installed in this environment; set {key}.python to "
+                                "the python of a vLLM environment (scripts/setup_vllm_env.sh builds .venv-vllm)")
+            continue
+        python = resolve_path(cfg.python)
+        try:
+            found = subprocess.run([python, "-c", "import importlib.util, sys; "
+                                    "sys.exit(importlib.util.find_spec('vllm') is None)"],
+                                   capture_output=True, timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise UserError(f"{key}.python: {cfg.python} does not run ({type(e).__name__}); point it at the "
+                            "bin/python of a vLLM environment") from None
+        if not found:
+            raise UserError(f"{key}.python: {cfg.python} cannot import vllm; build a vLLM environment with "
+                            f"scripts/setup_vllm_env.sh and point {key}.python at its bin/python")
 
 
 def check_corpus(recipe: Recipe) -> None:

@@ -210,3 +210,24 @@ def test_the_process_exits_2_with_one_line(tmp_path):
         f"error: {tmp_path / 'seed.jsonl'}:1: field 'prompt' is a number (1), not text; set data.seed.prompt_field "
         "to a text field (a dotted path such as instances.0.output reaches into nested ones)"]
     assert not (tmp_path / "run").exists()
+
+
+MISSING_PACKAGES = [
+    ("vllm not installed", "vllm", ["engine.kind=vllm"], "engine.kind vllm: vllm is not installed"),
+    ("vllm python without vllm", "vllm", ["improver.engine={kind: vllm, python: '" + sys.executable + "'}"],
+     "improver.engine.python: " + sys.executable + " cannot import vllm"),
+    ("wandb not installed", "wandb", ["logging.report_to=[wandb]"], "logging.report_to: wandb needs the package"),
+    ("mlflow not installed", "mlflow", ["logging.report_to=[tensorboard,mlflow]"], "mlflow needs the package"),
+]
+
+
+@pytest.mark.parametrize("state", ["new", "finished"])
+@pytest.mark.parametrize("name,package,overrides,fragment", MISSING_PACKAGES, ids=[c[0] for c in MISSING_PACKAGES])
+def test_a_missing_engine_or_tracker_package_stops_before_anything_is_written(name, package, overrides, fragment, state,
+                                                                              tmp_path, request, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, package, None)  # importlib.util.find_spec(package) is None: not installed
+    run_dir = tmp_path / "run" if state == "new" else request.getfixturevalue("finished_run")
+    before = tree_hash(run_dir)
+    code, err = run_main(tmp_path, run_dir, {}, overrides, capsys)
+    check(code, err, fragment)
+    assert tree_hash(run_dir) == before
