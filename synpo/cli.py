@@ -108,6 +108,14 @@ def eval_judged(args: argparse.Namespace) -> int:
     from synpo.stages.evaluate import evaluate_suite, headline
 
     recipe = eval_recipe(args)
+    if args.suite != "alpaca_eval" or recipe.eval.alpaca_eval_backend == "builtin":
+        # the judge is asked only once every answer is in: a wrong one must stop us before that
+        from synpo.preflight import probe_judge
+
+        if recipe.eval.judge is None:
+            raise UserError(f"eval.judge: required for the {args.suite} suite; give --judge-url URL --judge-model "
+                            "NAME, or a --recipe whose eval.judge is set")
+        probe_judge("eval.judge", recipe.eval.judge, url_field="--judge-url" if args.judge_url else None)
     inputs = evaluation(recipe, args.suite, recipe.name)
     identity = eval_identity(args.model, inputs)
     out = Path(args.out) if args.out else Path("synpo-eval") / f"{recipe.name}-{identity[:8]}" / args.suite

@@ -167,17 +167,27 @@ def judges(recipe: Recipe) -> list[tuple[str, EngineConfig]]:
     return out
 
 
-def probe_judge(what: str, cfg: EngineConfig) -> None:
-    """One one-token question (not cached): a wrong URL, key or model, or a server whose replies
-    are not chat completions, stops the run before it starts."""
-    from synpo.engines.base import Request, Sampling
-    from synpo.engines.openai import OpenAIEngine, OpenAIEngineError
+PROBE_TIMEOUT = 15.0  # seconds for the test question: a one-token reply, or the judge is not there
 
-    engine = OpenAIEngine(cfg.model_copy(update={"cache": False}), model=cfg.model)
+
+def probe_judge(what: str, cfg: EngineConfig, url_field: str | None = None) -> None:
+    """One one-token question (not cached, not retried, a short timeout): a wrong URL, key or model,
+    or a server whose replies are not chat completions, stops the run before it starts, in seconds
+    rather than after the engine's retries and backoff. `url_field`: the base URL's name as the user
+    wrote it (default WHAT.base_url)."""
+    from synpo.engines.base import Request, Sampling
+    from synpo.engines.openai import OpenAIEngine, OpenAIEngineError, RequestRejected
+
+    probe = cfg.model_copy(update={"cache": False, "max_retries": 0, "timeout": min(cfg.timeout, PROBE_TIMEOUT)})
+    engine = OpenAIEngine(probe, model=cfg.model)
     try:
         engine.generate([Request("probe", [{"role": "user", "content": "Reply with OK."}])],
                         Sampling(temperature=0.0, max_new_tokens=1))
+    except RequestRejected as e:
+        raise UserError(f"{what}: the judge at {cfg.base_url} refused a test question: {e}") from None
     except OpenAIEngineError as e:
-        raise UserError(f"{what}: the judge at {cfg.base_url} does not answer a test question: {e}") from None
+        problem = str(e).split(" (gave up after")[0].removeprefix(f"{engine.url}: ")
+        raise UserError(f"{url_field or what + '.base_url'}: the judge at {cfg.base_url} does not answer a test "
+                        f"question ({problem}); check the URL and that the server is up") from None
     finally:
         engine.close()

@@ -225,3 +225,32 @@ def test_eval_answers_are_keyed_by_the_model_not_its_folder_name(tmp_path, data_
         assert main([*common, "--model", str(models["a"])]) == 0
         assert main([*common, "--model", str(models["b"])]) == 0
         assert {o["output"] for o in read_json(tmp_path / "fixed" / "model_outputs.json")} == {f"answer by {tag['b']}"}
+
+
+def test_synpo_eval_checks_the_judge_before_answering_anything(tmp_path, data_dir, monkeypatch, capsys):
+    """A wrong judge URL: one quick question, a one-line error naming the option as written, and not
+    one answer generated."""
+    import socket
+    import time
+
+    from synpo.stages import evaluate
+
+    monkeypatch.setenv("SYNPO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SYNPO_QUIET", "1")
+
+    def no_engine(*args, **kwargs):
+        raise AssertionError("an engine was started before the judge was checked")
+
+    monkeypatch.setattr(evaluate, "engine_for", no_engine)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["eval", "--suite", "arena_hard", "--model", str(TINY_MODEL), "--judge-url", f"http://127.0.0.1:{port}/v1",
+            "--judge-model", "j", "--limit", "2", "--out", str(tmp_path / "out")]
+    started = time.monotonic()
+    assert main(args) == 2
+    assert time.monotonic() - started < 10  # the engine's six retries with backoff take about 40 s
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --judge-url: the judge at http://127.0.0.1:{port}/v1 "
+                                               "does not answer a test question"), err
+    assert not (tmp_path / "out").exists()
