@@ -147,7 +147,7 @@ class Loop:
         self.theta0 = resolve_path(recipe.model.path)
         self.scorer = make_scorer(recipe.scorer, device=recipe.runtime.device, ray_address=recipe.engine.ray_address)
         self.launch = Launch(isolate=recipe.runtime.isolate, threads=recipe.runtime.threads,
-                             report_to=tuple(recipe.logging.report_to))
+                             report_to=tuple(recipe.logging.report_to), gpus=recipe.runtime.gpus)
         check_trackers(recipe.logging.report_to)
         self.tracker = LoopTracker(run.dir, recipe.logging.report_to)
         self.stages = {s.key: s for s in run_stages(recipe)}

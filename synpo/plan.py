@@ -312,11 +312,12 @@ class Layout:
         return {"single": "1 process", "ddp": f"DDP x{self.processes}", "fsdp": f"FSDP x{self.processes}"}[self.kind]
 
 
-def training_layout(cfg: TrainConfig) -> Layout:
-    """From the train section's accelerate config (a YAML file) and num_processes."""
+def training_layout(cfg: TrainConfig, gpus: int | None = None) -> Layout:
+    """From the train section's accelerate config (a YAML file) and num_processes; `gpus` as the run
+    would see them (runtime.gpus, else the planned --gpus count)."""
     from synpo.training.distributed import read_accelerate_config
 
-    acc = read_accelerate_config(cfg)
+    acc = read_accelerate_config(cfg, gpus)
     layout = Layout(processes=acc.processes, kind="ddp" if acc.processes > 1 else "single")
     if acc.path is None:
         return layout
@@ -592,7 +593,7 @@ def _fmt(n: float | None, prefix: str = "") -> str:
     return f"{prefix}{int(n)}"
 
 
-def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
+def build_plan(recipe: Recipe, gpus: GPUs | None = None) -> tuple[list[Step], dict]:
     """Every stage of the run in order, with its work and its memory estimate."""
     r = recipe
     theta0 = load_arch(r.model.path, r.model.dtype)
@@ -621,7 +622,7 @@ def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
         steps.append(Step(t, stage, model, engine_label(engine_stage), work, tokens + " new", memory, load))
 
     def train(t, stage, model, cfg: TrainConfig, rows, preference=False):
-        layout = training_layout(cfg)
+        layout = training_layout(cfg, r.runtime.gpus or (gpus.count if gpus else None))
         memory = training_memory(theta0, cfg, layout, preference, r.train.loss if preference else None)
         adapter = {"full": "full", "lora": f"LoRA r={cfg.lora.r}", "periodic_lora": f"PeriodicLoRA r={cfg.lora.r}"}
         name = adapter[cfg.adapter] + (f" {cfg.quantization}" if cfg.quantization else "")
@@ -745,7 +746,7 @@ def render(recipe: Recipe, gpus: GPUs | None, console=None) -> list[Step]:
     from rich.console import Console
     from rich.table import Table
 
-    steps, info = build_plan(recipe)
+    steps, info = build_plan(recipe, gpus)
     console = console or Console()
     theta0, scorer = info["theta0"], info["scorer"]
     console.print(f"[bold]synpo plan[/bold] {recipe.name}: {recipe.rounds} rounds, strategy {recipe.pairs.strategy}"

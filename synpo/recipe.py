@@ -426,6 +426,10 @@ class RuntimeConfig(Section):
     isolate: Literal["auto", "always", "never"] = "auto"
     """Run heavy stages as child processes: always on GPUs (memory is returned between
     stages), never on a CPU (saves ~10 s of imports per stage). auto picks by device."""
+    gpus: PositiveInt | None = None
+    """The one GPU count of a run: a training stage that names an accelerate_config runs one process
+    per GPU. None: the GPUs visible to the run (CUDA_VISIBLE_DEVICES), else the config file's
+    num_processes (a CPU-only machine). A section's own num_processes overrides it."""
 
 
 class Recipe(Section):
@@ -478,7 +482,8 @@ NOT_FINGERPRINTED: dict[str, set[str]] = {  # section class -> its fields
     "TrainConfig": {"checkpoint_steps"},
     # raising the tolerance of failed judgments lets a stopped suite finish with its cached verdicts
     "EvalConfig": {"max_failed_judgments"},
-    "RuntimeConfig": {"device", "threads", "isolate"},
+    # runtime.gpus: placement, as the visible GPUs it defaults to (a run moves to another machine)
+    "RuntimeConfig": {"device", "threads", "isolate", "gpus"},
     "LoggingConfig": {"report_to"},
 }
 
