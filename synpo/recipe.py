@@ -4,8 +4,11 @@ A recipe is YAML. `load_recipe(path, overrides)` applies `--set a.b=value` overr
 validates everything (unknown keys, types, ranges, files that must exist) and raises one
 UserError listing every problem as `file: yaml.path: message`. Nothing runs before that.
 
-Paths: relative paths are relative to the current directory; `toy:NAME` names a file or
-directory shipped in synpo/toy/assets (the embedded tiny model and toy data).
+Paths: a relative path written in a recipe file is relative to that file's folder (so a recipe
+works from any directory); a model or dataset path that names nothing there is a Hugging Face
+Hub id. A path given with `--set` is relative to the current directory, as any path typed in a
+shell. `toy:NAME` names a file or directory shipped in synpo/toy/assets (the embedded tiny model
+and toy data).
 
 Variants: a recipe may start with `base: other.yaml` (relative to the recipe file); it is then
 that recipe with this file's keys laid over it (e.g. recipes/llama3-8b-synpo-lora.yaml).
@@ -557,13 +560,15 @@ def missing_files(recipe: Recipe, source: str) -> list[str]:
     local("data.corpus.path", recipe.data.corpus.path, recipe.data.corpus.format)
     if recipe.scorer.kind in ("reward_model", "pairwise"):
         model("scorer.path", recipe.scorer.path)
-    for stage in ("prompt_generator", "improver", "responses", "eval"):
-        python = recipe.engine_for(stage).python
-        if python and not Path(python).exists():
-            problems.append(f"{source}: {stage}.engine.python: file does not exist: {python}")
-        key_env = recipe.engine_for(stage).api_key_env
-        if recipe.engine_for(stage).kind == "openai" and key_env and not os.environ.get(key_env):
-            problems.append(f"{source}: {stage}.engine.api_key_env: the environment variable {key_env} is not set")
+    # each engine once, by the key it was written under: a stage's own section, or the top-level one
+    stages = ("prompt_generator", "improver", "responses", "eval")
+    engines = {f"{s}.engine" if getattr(recipe, s).engine is not None else "engine": recipe.engine_for(s)
+               for s in stages}
+    for key, engine in engines.items():
+        if engine.python and not Path(engine.python).exists():
+            problems.append(f"{source}: {key}.python: file does not exist: {engine.python}")
+        if engine.kind == "openai" and engine.api_key_env and not os.environ.get(engine.api_key_env):
+            problems.append(f"{source}: {key}.api_key_env: the environment variable {engine.api_key_env} is not set")
     for field in ("prompt_generator.train", "improver.train", "train"):
         section = recipe.train if field == "train" else getattr(recipe, field.split(".")[0]).train
         if section.accelerate_config and not Path(resolve_path(section.accelerate_config)).exists():
@@ -578,9 +583,40 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+# Path fields of a recipe file: always files (resolved against the file's folder), and those that
+# may also be a Hub id or the name of a shipped prompt (resolved only when the file's folder has it)
+FILE_FIELDS = [("engine", "python"), *((s, "engine", "python") for s in ("prompt_generator", "improver", "responses",
+                                                                          "eval")),
+               ("train", "accelerate_config"), ("prompt_generator", "train", "accelerate_config"),
+               ("improver", "train", "accelerate_config"), ("eval", "data_dir")]
+LOCAL_OR_NAME_FIELDS = [("model", "path"), ("model", "chat_template"), ("scorer", "path"), ("scorer", "template"),
+                        ("data", "seed", "path"), ("data", "corpus", "path")]
+
+
+def _anchor_paths(raw: dict, folder: Path) -> dict:
+    """The relative paths of one recipe file made relative to its folder (see the module docstring)."""
+    import os.path
+
+    for fields, always in ((FILE_FIELDS, True), (LOCAL_OR_NAME_FIELDS, False)):
+        for keys in fields:
+            node = raw
+            for k in keys[:-1]:
+                node = node.get(k) if isinstance(node, dict) else None
+            if not isinstance(node, dict) or not isinstance(node.get(keys[-1]), str):
+                continue
+            value = node[keys[-1]]
+            if not value or value.startswith("toy:") or "{{" in value or "{%" in value or Path(value).is_absolute():
+                continue
+            anchored = os.path.normpath(folder / Path(value).expanduser())
+            if always or Path(anchored).exists():
+                node[keys[-1]] = anchored
+    return raw
+
+
 def _with_base(raw: dict, path: Path, depth: int = 0) -> dict:
     """`base: OTHER.yaml` (relative to this file): OTHER with this file's keys laid over it, section by
     section (lists and values replace). The name, and so the run directory, stays this file's own."""
+    _anchor_paths(raw, path.parent.absolute())
     if "base" not in raw:
         return raw
     base_path = path.parent / str(raw.pop("base"))
