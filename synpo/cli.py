@@ -165,6 +165,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return plan_main(args.recipe, args.set, args.gpus)
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.options:
+        from synpo.options import render_options
+
+        sys.stdout.write(render_options())
+        return 0
+    from synpo.recipe import dump_recipe, load_recipe
+
+    sys.stdout.write(dump_recipe(load_recipe(args.recipe, args.set, check_files=False)))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from synpo.export import export
 
@@ -238,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", default="8xA100-80G", help="the GPUs to check against, e.g. 8xA100-80G, 4xH100-80G")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     p.set_defaults(fn=cmd_plan)
+
+    p = sub.add_parser("config", help="print a recipe as it resolves (base:, --set, every default), or the options "
+                                      "reference")
+    p.add_argument("recipe", nargs="?", help="recipe YAML (default: the built-in defaults)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    p.add_argument("--options", action="store_true", help="print every option with its type, default and meaning "
+                                                          "(Markdown: docs/options.md)")
+    p.set_defaults(fn=cmd_config)
 
     p = sub.add_parser("export", help="write a run's preference data and round checkpoint for other pipelines")
     p.add_argument("run_dir")

@@ -31,7 +31,8 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # attribute docstrings become field descriptions: `synpo config --options` and docs/options.md read them
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 def resolve_path(path: str) -> str:
@@ -52,29 +53,41 @@ class ModelConfig(Section):
     path: str = "toy:tiny-llama"
     """Local directory or hub id of the SFT checkpoint θ0."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights' dtype for generation and training (auto: the checkpoint's own; bfloat16 on GPUs for 7-8B models)."""
     chat_template: str | None = None
     """A Jinja chat template (inline, or a file path) replacing the tokenizer's own."""
     trust_remote_code: bool = False
+    """Run the checkpoint's own model code (transformers' trust_remote_code); off unless the recipe says so."""
 
 
 class SeedData(Section):
     path: str = "toy:seed.jsonl"
+    """The seed set (x*, y*): a file, or a `datasets` hub id with format hf."""
     format: Literal["jsonl", "alpaca", "sharegpt", "hf"] = "jsonl"
+    """jsonl (one object per line), alpaca (a JSON list of instruction/input/output), sharegpt (conversations), hf
+    (a `datasets` dataset)."""
     prompt_field: str = "prompt"
     """jsonl / hf: the prompt's field; a dotted path reaches nested fields (instances.0.output)."""
     response_field: str = "response"
+    """jsonl / hf: the gold answer's field; a dotted path reaches nested fields."""
     input_field: str | None = None
     """jsonl / hf: a field joined to the prompt after a blank line when not blank, as Alpaca's
     `input` is (Self-Instruct's seed tasks: instances.0.input)."""
     split: str = "train"
+    """hf: the dataset split."""
     limit: PositiveInt | None = None
+    """Use at most this many seed rows (a fixed-seed draw)."""
 
 
 class CorpusData(Section):
     path: str = "toy:corpus.jsonl"
+    """The text corpus keywords are drawn from: a file, or a `datasets` hub id with format hf."""
     format: Literal["text", "jsonl", "parquet", "hf"] = "jsonl"
+    """text (paragraphs split at blank lines), jsonl, parquet, or hf (a streamed `datasets` dataset)."""
     text_field: str = "text"
+    """jsonl / parquet / hf: the field holding the text."""
     split: str = "train"
+    """hf: the dataset split."""
     limit: PositiveInt | None = None
     """Read at most this many paragraphs (a corpus is streamed, never loaded whole)."""
     subset: str | None = None
@@ -86,7 +99,9 @@ class CorpusData(Section):
 
 class DataConfig(Section):
     seed: SeedData = SeedData()
+    """The seed set: prompts with gold answers (G's and R_t's training data, π_{t-1}'s probe)."""
     corpus: CorpusData = CorpusData()
+    """The text corpus the prompt generator's keywords come from."""
 
 
 # ---- engines and scorers --------------------------------------------------------------
@@ -94,6 +109,8 @@ class DataConfig(Section):
 
 class EngineConfig(Section):
     kind: Literal["hf", "vllm", "openai"] = "hf"
+    """What generates: hf (transformers generate, here), vllm (vLLM, here or in engine.python's environment), openai
+    (an OpenAI-compatible server)."""
     batch_size: PositiveInt = 64
     """hf: sequences per generate call."""
     shard_size: PositiveInt = 256
@@ -148,8 +165,11 @@ class EngineConfig(Section):
 
 class SamplingConfig(Section):
     temperature: float = Field(default=0.7, ge=0)
+    """Sampling temperature (0: greedy)."""
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """Nucleus sampling: the smallest set of tokens whose probability reaches top_p."""
     max_new_tokens: PositiveInt = 64
+    """Longest answer, in tokens."""
 
 
 class ScorerConfig(Section):
@@ -159,6 +179,8 @@ class ScorerConfig(Section):
     (the paper's τ 0.20); judge, rating points on 1-10. See synpo/scoring/."""
 
     kind: Literal["toy", "reward_model", "pairwise", "judge"] = "toy"
+    """toy (the toy world's checker), reward_model (a sequence classifier such as ArmoRM), pairwise (PairRM), judge
+    (an LLM rating 1-10)."""
     path: str | None = None
     """reward_model / pairwise: model directory or hub id."""
     batch_size: PositiveInt = 16
@@ -193,9 +215,13 @@ class ScorerConfig(Section):
 
 class LoraConfig(Section):
     r: PositiveInt = 8
+    """LoRA rank."""
     alpha: PositiveFloat = 16
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
     dropout: Fraction = 0.0
+    """Dropout on the LoRA branch's input."""
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Modules that get adapters: all-linear (every linear layer but the output head) or a list of module names."""
 
 
 class PeriodicConfig(Section):
@@ -220,20 +246,34 @@ class TrainConfig(Section):
     """Options shared by every training stage (prompt generator, improver, policy)."""
 
     adapter: Literal["full", "lora", "periodic_lora"] = "lora"
+    """full (every weight), lora (an adapter on a frozen base), periodic_lora (LoRA folded into the base
+    periodically)."""
     lora: LoraConfig = LoraConfig()
+    """The adapter's shape (lora and periodic_lora)."""
     periodic: PeriodicConfig | None = None
+    """periodic_lora: when the adapter is folded into the base (default: 4 equal stages)."""
     quantization: Literal["4bit", "8bit"] | None = None
+    """QLoRA: load the frozen base in 4bit (NF4) or 8bit (bitsandbytes; adapter lora only)."""
     learning_rate: PositiveFloat | None = None
     """Default by adapter (see `default_learning_rate`)."""
     epochs: PositiveFloat = 1.0
+    """Passes over the stage's data."""
     max_steps: PositiveInt | None = None
+    """Stop after this many optimizer steps (overrides epochs)."""
     batch_size: PositiveInt = 16
+    """Rows (pairs, for preference training) per device per step."""
     gradient_accumulation_steps: PositiveInt = 1
+    """Steps accumulated before an optimizer step: global batch = batch_size x this x processes."""
     warmup_ratio: Fraction = 0.1
+    """Share of the steps the learning rate warms up over."""
     scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after the warm-up."""
     weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay."""
     max_length: PositiveInt = 512
+    """Tokens per training row (prompt and answer); longer rows are cut."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
     checkpoint_steps: PositiveInt | None = None
     """Save a resumable Trainer checkpoint every this many steps (a killed stage resumes from it)."""
     accelerate_config: str | None = None
@@ -303,17 +343,21 @@ class PromptGeneratorConfig(Section):
     num_prompts: PositiveInt = 1000
     """Prompts to sample per round (before filtering)."""
     sampling: SamplingConfig = SamplingConfig(temperature=0.7, max_new_tokens=128)
+    """Sampling of G's prompts."""
     max_prompt_chars: PositiveInt = 2000
+    """Drop a generated prompt longer than this many characters."""
     validate_prompts: bool = True
     """Drop prompts the scorer cannot use (the toy checker knows valid tasks)."""
     decontaminate_similarity: Fraction = 0.8
     """Drop a prompt whose normalised text is this similar (rapidfuzz ratio / 100) to an evaluation
     prompt: a near-duplicate (case, punctuation or a word changed; see synpo.decontamination)."""
     decontaminate_ngram: PositiveInt = 13
+    """Word n-gram length of the copied-passage check (decontaminate_threshold)."""
     decontaminate_threshold: Fraction = 0.5
     """Also drop a prompt of at least decontaminate_ngram words when more than this fraction of its
     word n-grams occurs in evaluation prompts (a copied passage)."""
     engine: EngineConfig | None = None
+    """The engine writing prompts (default: the top-level engine)."""
     enabled: bool = True
     """false (an ablation): G is not trained and each round's prompts are drawn from the seed prompts
     instead (num_prompts of them at most, a seeded draw per round, different rounds' draws disjoint
@@ -331,9 +375,11 @@ class ImproverConfig(Section):
     train: TrainConfig = TrainConfig(epochs=3, batch_size=32)
     """As the prompt generator's."""
     seed_sampling: SamplingConfig = SamplingConfig()
+    """Sampling of π_{t-1}'s answers to the seed prompts (the improver's drafts)."""
     sampling: SamplingConfig = SamplingConfig()
     """Sampling of the refinement ỹ ~ R_t(x, y_{t-1})."""
     engine: EngineConfig | None = None
+    """The engine answering seed prompts and refining (default: the top-level engine)."""
     trained: bool = True
     """false (an ablation): no R_t is trained; θ0 itself, prompted with the improver template,
     refines π_{t-1}'s answers (is R_t's training what makes the chosen side better?)."""
@@ -341,11 +387,15 @@ class ImproverConfig(Section):
 
 class ResponsesConfig(Section):
     sampling: SamplingConfig = SamplingConfig()
+    """Sampling of π_{t-1}'s and π_0's answers to the round's prompts."""
     engine: EngineConfig | None = None
+    """The engine answering the round's prompts (default: the top-level engine)."""
 
 
 class PairsConfig(Section):
     strategy: Literal["synpo", "sampling_ranking"] = "synpo"
+    """synpo (chosen: R_t's refinement, rejected: π_0's answer) or sampling_ranking (the best and worst of k samples
+    of π_{t-1}: the paper's baseline)."""
     k: Annotated[int, Field(ge=2)] = 4
     """sampling_ranking: samples of π_{t-1} per prompt; best is chosen, worst rejected."""
     gap: float = 0.2
@@ -354,15 +404,18 @@ class PairsConfig(Section):
     max_repetition: Fraction = 0.5
     """Drop a side whose fraction of repeated n-grams exceeds this."""
     repetition_ngram: PositiveInt = 3
+    """Word n-gram length of the repetition check (max_repetition)."""
     per_round: PositiveInt = 10000
     """New pairs added to D each round."""
 
 
 class EvalConfig(Section):
     suites: list[Literal["toy", "alpaca_eval", "arena_hard", "mt_bench"]] = ["toy"]
+    """Suites evaluated on θ0 and after every round: toy, alpaca_eval, arena_hard, mt_bench."""
     limit: PositiveInt | None = None
     """Evaluate a fixed-seed subsample of this many items per suite (quick checks)."""
     sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=64)
+    """Sampling of the evaluated model's answers (mt_bench uses FastChat's per-category temperatures)."""
     judge: EngineConfig | None = None
     """The judging LLM for alpaca_eval / arena_hard / mt_bench (OpenAI-compatible; kind defaults to openai)."""
     judge_max_tokens: PositiveInt | None = None
@@ -382,6 +435,7 @@ class EvalConfig(Section):
     """Directory holding the evaluation sets (alpaca_eval/, arena_hard/, mt_bench/); default: the
     sets shipped in synpo/evals/data (see synpo/evals/datasets.py for the lookup order)."""
     engine: EngineConfig | None = None
+    """The engine answering the suites (default: the top-level engine)."""
 
     @field_validator("judge", mode="before")
     @classmethod
@@ -424,6 +478,7 @@ class LoggingConfig(Section):
 
 class RuntimeConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where models run: auto (cuda when a GPU is visible), cpu, or cuda (an error without a GPU)."""
     threads: PositiveInt | None = None
     """torch threads per process (None: torch's default)."""
     isolate: Literal["auto", "always", "never"] = "auto"
@@ -437,21 +492,37 @@ class RuntimeConfig(Section):
 
 class Recipe(Section):
     name: str = "synpo"
+    """The run's name: its default run directory is runs/NAME (default: the recipe file's name)."""
     seed: int = 0
+    """The one seed every sampling and training seed is derived from."""
     rounds: PositiveInt = 3
+    """SynPO rounds; raising it and rerunning adds rounds to a finished run."""
     model: ModelConfig = ModelConfig()
+    """θ0: the SFT checkpoint the loop starts from."""
     data: DataConfig = DataConfig()
+    """The seed set and the text corpus."""
     engine: EngineConfig = EngineConfig()
+    """The generation engine every stage uses unless its section names its own."""
     scorer: ScorerConfig = ScorerConfig()
+    """The reward model's part: scores answers for the improver's data and the pairs."""
     prompt_generator: PromptGeneratorConfig = PromptGeneratorConfig()
+    """G, the self-prompt generator: its training and the prompts it writes each round."""
     improver: ImproverConfig = ImproverConfig()
+    """R_t, the improver: its data (seed rows π_{t-1} gets wrong), its training and its refinements."""
     responses: ResponsesConfig = ResponsesConfig()
+    """π_{t-1}'s and π_0's answers to the round's prompts."""
     pairs: PairsConfig = PairsConfig()
+    """Building the round's preference pairs from the answers and refinements."""
     train: PolicyTrainConfig = PolicyTrainConfig()
+    """The policy θ_t's preference optimisation (SimPO / DPO / SFT control)."""
     eval: EvalConfig = EvalConfig()
+    """Evaluation of θ0 and every θ_t."""
     monitors: MonitorsConfig = MonitorsConfig()
+    """Drift limits checked after every round."""
     logging: LoggingConfig = LoggingConfig()
+    """Trackers the trainers and the loop report to."""
     runtime: RuntimeConfig = RuntimeConfig()
+    """Where and how the run executes (device, threads, isolation, GPUs); in no fingerprint."""
 
     @field_validator("name")
     @classmethod
