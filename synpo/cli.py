@@ -115,7 +115,8 @@ def eval_judged(args: argparse.Namespace) -> int:
         if recipe.eval.judge is None:
             raise UserError(f"eval.judge: required for the {args.suite} suite; give --judge-url URL --judge-model "
                             "NAME, or a --recipe whose eval.judge is set")
-        probe_judge("eval.judge", recipe.eval.judge, url_field="--judge-url" if args.judge_url else None)
+        probe_judge("eval.judge", recipe.eval.judge, url_field="--judge-url" if args.judge_url else None,
+                    key_field="--judge-api-key-env" if args.judge_api_key_env else None)
     inputs = evaluation(recipe, args.suite, recipe.name)
     identity = eval_identity(args.model, inputs)
     out = Path(args.out) if args.out else Path("synpo-eval") / f"{recipe.name}-{identity[:8]}" / args.suite

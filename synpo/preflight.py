@@ -170,13 +170,19 @@ def judges(recipe: Recipe) -> list[tuple[str, EngineConfig]]:
 PROBE_TIMEOUT = 15.0  # seconds for the test question: a one-token reply, or the judge is not there
 
 
-def probe_judge(what: str, cfg: EngineConfig, url_field: str | None = None) -> None:
+def probe_judge(what: str, cfg: EngineConfig, url_field: str | None = None, key_field: str | None = None) -> None:
     """One one-token question (not cached, not retried, a short timeout): a wrong URL, key or model,
     or a server whose replies are not chat completions, stops the run before it starts, in seconds
-    rather than after the engine's retries and backoff. `url_field`: the base URL's name as the user
-    wrote it (default WHAT.base_url)."""
+    rather than after the engine's retries and backoff. `url_field`, `key_field`: the base URL's and
+    the key variable's names as the user wrote them (default WHAT.base_url, WHAT.api_key_env)."""
+    import os
+
     from synpo.engines.base import Request, Sampling
     from synpo.engines.openai import OpenAIEngine, OpenAIEngineError, RequestRejected
+
+    if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+        raise UserError(f"{key_field or what + '.api_key_env'}: the environment variable {cfg.api_key_env} is not "
+                        "set; export it with the judge's API key")
 
     probe = cfg.model_copy(update={"cache": False, "max_retries": 0, "timeout": min(cfg.timeout, PROBE_TIMEOUT)})
     engine = OpenAIEngine(probe, model=cfg.model)

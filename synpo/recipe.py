@@ -579,13 +579,54 @@ def apply_override(raw: dict, assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(value)
 
 
+def _section_at(path: list[str]) -> type[BaseModel] | None:
+    """The section class at a dotted path of the schema (None past a value)."""
+    import typing
+
+    model: type[BaseModel] | None = Recipe
+    for part in path:
+        field = model.model_fields.get(part) if model else None
+        if field is None:
+            return None
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model
+
+
+# pydantic's error types in plain words (the value the user gave is appended)
+PLAIN_TYPES = {"int_parsing": "must be a whole number", "int_type": "must be a whole number",
+               "int_from_float": "must be a whole number", "float_parsing": "must be a number",
+               "float_type": "must be a number", "bool_parsing": "must be true or false",
+               "bool_type": "must be true or false", "string_type": "must be text (quote it in YAML)",
+               "list_type": "must be a list, e.g. [a, b]", "dict_type": "must be a mapping of keys (a section)",
+               "model_type": "must be a section: a mapping of its keys, e.g. {key: value}",
+               "model_attributes_type": "must be a section: a mapping of its keys, e.g. {key: value}"}
+
+
 def _format_errors(source: str, error: ValidationError) -> list[str]:
+    import difflib
+
     lines = []
     for e in error.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        path = [str(p) for p in e["loc"] if not str(p).startswith("function-after")]
+        loc = ".".join(path)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see synpo/recipe.py for the schema)"
+            section = _section_at(path[:-1])
+            close = difflib.get_close_matches(path[-1], list(section.model_fields), n=1) if section else []
+            hint = f"did you mean {'.'.join([*path[:-1], close[0]])}?" if close else \
+                "check the spelling; every key is listed in docs/options.md"
+            msg = f"unknown key ({hint})"
+        elif e["type"] in PLAIN_TYPES:
+            given = e.get("input")
+            shown = f"{given!r}" if not isinstance(given, dict | list) else type(given).__name__
+            msg = f"{PLAIN_TYPES[e['type']]}, not {shown[:60]}"
+        elif e["type"] == "value_error" and ": " in msg:
+            # a section's own check names one of its keys first ("judge: required ..."): name it in full
+            head, rest = msg.split(": ", 1)
+            section = _section_at(path)
+            if section is not None and head in section.model_fields:
+                loc, msg = ".".join([*path, head]), rest
         elif e["type"] == "greater_than":
             msg = f"must be > {e['ctx']['gt']}"
         elif e["type"] == "greater_than_equal":
@@ -635,6 +676,12 @@ def missing_files(recipe: Recipe, source: str) -> list[str]:
     stages = ("prompt_generator", "improver", "responses", "eval")
     engines = {f"{s}.engine" if getattr(recipe, s).engine is not None else "engine": recipe.engine_for(s)
                for s in stages}
+    judged = [s for s in recipe.eval.suites if s in ("arena_hard", "mt_bench")
+              or (s == "alpaca_eval" and recipe.eval.alpaca_eval_backend == "builtin")]
+    if recipe.eval.judge is not None and judged:
+        engines["eval.judge"] = recipe.eval.judge
+    if recipe.scorer.kind == "judge" and recipe.scorer.judge is not None:
+        engines["scorer.judge"] = recipe.scorer.judge
     for key, engine in engines.items():
         if engine.python and not Path(engine.python).exists():
             problems.append(f"{source}: {key}.python: file does not exist: {engine.python}")

@@ -187,3 +187,25 @@ def test_synpo_plan_works_away_from_the_repository(tmp_path, monkeypatch, capsys
     assert main(["plan", str(ROOT / "recipes" / "llama3-8b-synpo-lora.yaml"), "--gpus", "8xA100-80G"]) == 0
     out = capsys.readouterr().out
     assert "accelerate_config" not in out and "DDP x8" in out
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["runds=2"], "runds: unknown key (did you mean rounds?)"),
+    (["train.lerning_rate=1e-6"], "train.lerning_rate: unknown key (did you mean train.learning_rate?)"),
+    (["eval.judge={base_url: 'http://h/v1', modle: j}"],
+     "eval.judge.modle: unknown key (did you mean eval.judge.model?)"),
+    (["engine.batch_size=many"], "engine.batch_size: must be a whole number, not 'many'"),
+    (["rounds=1.5"], "rounds: must be a whole number, not 1.5"),
+    (["train.gradient_checkpointing=maybe"], "train.gradient_checkpointing: must be true or false, not 'maybe'"),
+    (["engine=3"], "engine: must be a section: a mapping of its keys, e.g. {key: value}, not 3"),
+    (["eval.suites=[arena_hard]", "eval.judge={base_url: 'http://h/v1'}"],
+     "eval.judge: needs kind openai and a model name"),
+    (["eval.suites=[arena_hard]", "eval.judge={model: j}"], "eval.judge.base_url: required when kind is openai"),
+    (["eval.suites=[arena_hard]", "eval.judge={base_url: 'http://h/v1', model: j, api_key_env: SYNPO_UNSET_KEY}"],
+     "eval.judge.api_key_env: the environment variable SYNPO_UNSET_KEY is not set"),
+])
+def test_errors_name_keys_as_written_in_plain_words(overrides, expected, monkeypatch):
+    monkeypatch.delenv("SYNPO_UNSET_KEY", raising=False)
+    with pytest.raises(UserError) as e:
+        load_recipe(None, overrides)
+    assert str(e.value).splitlines() == [f"<defaults>: {expected}"]
