@@ -1,7 +1,8 @@
 """The `synpo` command: `synpo iterate`, `synpo eval`, `synpo report`, `synpo plan`, `synpo export`, ...
 
-Each subcommand is also a module entry point (`python -m synpo.iterate`, ...). Bad input
-ends with a one-line error and exit code 2; nothing is written.
+`python -m synpo.cli COMMAND` is the same as `synpo COMMAND`; the loop and the planner are also
+module entry points (`python -m synpo.iterate`, `python -m synpo.plan`). Bad input ends with a
+one-line error and exit code 2; nothing is written.
 """
 
 from __future__ import annotations
@@ -178,6 +179,46 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    """Versions and hardware, for a bug report."""
+    import importlib.metadata
+    import os
+    import platform
+    import subprocess
+    from pathlib import Path
+
+    def version(package: str) -> str:
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    lines = [f"synpo: {version('synpo')}", f"python: {platform.python_version()} ({sys.executable})",
+             f"platform: {platform.platform()}"]
+    lines += [f"{p}: {version(p)}" for p in ("torch", "transformers", "trl", "peft", "accelerate", "datasets",
+                                             "tokenizers", "pydantic", "vllm", "deepspeed", "bitsandbytes")]
+    # vLLM usually lives in its own environment (engine.python): its version there
+    for python in dict.fromkeys(p for p in (os.environ.get("SYNPO_VLLM_PYTHON"), ".venv-vllm/bin/python") if p):
+        if Path(python).exists():
+            try:
+                found = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('vllm'))"],
+                                       capture_output=True, text=True, timeout=60)
+                got = found.stdout.strip() if found.returncode == 0 else "not installed there"
+            except (OSError, subprocess.TimeoutExpired) as e:
+                got = f"does not run ({type(e).__name__})"
+            lines.append(f"vllm environment {python}: vllm {got}")
+    lines.append(f"CPU cores: {len(os.sched_getaffinity(0))} usable of {os.cpu_count()}")
+    import torch
+
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        lines.append(f"GPUs: {len(names)} x {', '.join(sorted(set(names)))} (CUDA {torch.version.cuda})")
+    else:
+        lines.append("GPUs: none visible")
+    print("\n".join(lines))
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from synpo.export import export
 
@@ -202,24 +243,81 @@ def cmd_decontaminate(args: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after each option's help (those that are values: no "default: None"); epilogs (the
+    examples) kept as written."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == [] or \
+                "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+EXAMPLES = {
+    "synpo": """examples:
+  synpo iterate recipes/tiny-cpu.yaml                      # three SynPO rounds on a CPU, minutes
+  synpo iterate recipes/tiny-cpu.yaml --set rounds=1       # any recipe key, repeatable
+  synpo plan recipes/llama3-8b-synpo.yaml --gpus 8xH100    # every stage's work, memory and hours
+  synpo config recipes/tiny-cpu.yaml                       # the recipe resolved, every default shown
+  synpo env                                                # versions and hardware for a bug report""",
+    "eval": """examples:
+  synpo eval --model runs/tiny-cpu/round_03/policy                          # the toy benchmark
+  synpo eval --suite arena_hard --model path/to/model --judge-url http://127.0.0.1:8000/v1 \\
+      --judge-model judge --limit 100
+  synpo eval --suite mt_bench --model path/to/model --recipe recipes/llama3-8b-synpo.yaml""",
+    "plan": """examples:
+  synpo plan recipes/llama3-8b-synpo.yaml --gpus 8xA100-80G
+  synpo plan recipes/mistral-7b-synpo-lora.yaml --gpus 2xH200 --set train.batch_size=1""",
+    "config": """examples:
+  synpo config recipes/llama3-8b-synpo-lora.yaml --set train.beta=10
+  synpo config --options > docs/options.md""",
+    "decontaminate": """examples:
+  synpo decontaminate prompts.jsonl --out clean.jsonl --suites arena_hard,mt_bench
+  synpo decontaminate prompts.jsonl --out clean.jsonl --data-dir DATA_DIR   # with AlpacaEval's set""",
+    "report": """examples:
+  synpo report runs/tiny-cpu""",
+    "export": """examples:
+  synpo export runs/tiny-cpu --round 3 --to exported/ --format alignment-handbook
+  synpo export runs/tiny-cpu --round 3 --to hf://me/tiny-synpo --no-model""",
+}
+
+
+def package_version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("synpo")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="synpo",
+    parser = argparse.ArgumentParser(prog="synpo", formatter_class=HelpFormatter, epilog=EXAMPLES["synpo"],
                                      description="Self-boosting alignment with synthetic preference data.")
+    parser.add_argument("--version", action="version", version=f"synpo {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
+    add_parser = sub.add_parser
+
+    def add(name, **kwargs):
+        return add_parser(name, formatter_class=HelpFormatter, epilog=EXAMPLES.get(name), **kwargs)
+
+    sub.add_parser = add
 
     p = sub.add_parser("iterate", help="run SynPO rounds from a recipe (same as python -m synpo.iterate)")
     p.add_argument("args", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("eval", help="evaluate a model on a suite (judged suites: the loop's evaluation, on its own)")
-    p.add_argument("--suite", default="toy", choices=["toy", "alpaca_eval", "arena_hard", "mt_bench"])
+    p.add_argument("--suite", default="toy", choices=["toy", "alpaca_eval", "arena_hard", "mt_bench"],
+                   help="the benchmark (judged suites need a judge)")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--json", action="store_true", help="print metrics as JSON on stdout")
     p.add_argument("--limit", type=int, help="evaluate a fixed-seed subsample of N items")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0, help="seeds the --limit subsample and the sampling")
+    p.add_argument("--batch-size", type=int, default=128, help="hf engine: sequences per generate call")
     p.add_argument("--max-new-tokens", type=int, help=f"answer length (toy default {TOY_MAX_NEW_TOKENS}; "
                                                       "judged suites: eval.sampling.max_new_tokens)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--judge-url", help="judged suites: the judge's OpenAI-compatible base URL")
     p.add_argument("--judge-model", help="judged suites: the judge's model name")
     p.add_argument("--judge-api-key-env", help="judged suites: environment variable holding the judge's API key")
@@ -268,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-model", action="store_true", help="export the data only")
     p.add_argument("--test-fraction", type=float, default=0.05, help="alignment-handbook: share of test_prefs")
     p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("env", help="print versions (python, torch, transformers, trl, peft, accelerate, vllm, "
+                                   "...) and the CPUs / GPUs, for a bug report")
+    p.set_defaults(fn=cmd_env)
     return parser
 
 
@@ -276,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["iterate"]:
         from synpo.iterate import main as iterate_main
 
-        return iterate_main(argv[1:])
+        return iterate_main(argv[1:], prog="synpo iterate")
     args = build_parser().parse_args(argv)
     from synpo.progress import quiet_libraries
 

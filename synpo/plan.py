@@ -821,3 +821,11 @@ def main(recipe_path: str, overrides: list[str], gpus_spec: str | None) -> int:
         check_remote_code(recipe.scorer.path, recipe.scorer.trust_remote_code, config=config)
     render(recipe, gpus, console)
     return 0
+
+
+if __name__ == "__main__":  # python -m synpo.plan RECIPE ...: the same as `synpo plan RECIPE ...`
+    import sys
+
+    from synpo.cli import main as cli
+
+    sys.exit(cli(["plan", *sys.argv[1:]]))
