@@ -233,9 +233,26 @@ def cmd_decontaminate(args: argparse.Namespace) -> int:
 
     if not 0 < args.similarity <= 1:
         raise UserError(f"--similarity {args.similarity}: a fraction in (0, 1], e.g. 0.8")
-    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
-    info = decontaminate_file(args.input, args.out, suites, field=args.field, data_dir=args.data_dir,
-                              similarity=args.similarity)
+    try:
+        if args.suites is None:  # every judged suite whose set is here: AlpacaEval's only with --data-dir
+            from synpo.evals.datasets import FILES, find, search_dirs
+
+            search_dirs(args.data_dir)  # a wrong --data-dir is an error, not "no AlpacaEval"
+            suites = []
+            for suite, files in FILES.items():
+                try:
+                    find(suite, next(iter(files)), args.data_dir)
+                    suites.append(suite)
+                except UserError:
+                    pass
+        else:
+            suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+        info = decontaminate_file(args.input, args.out, suites, field=args.field, data_dir=args.data_dir,
+                                  similarity=args.similarity)
+    except UserError as e:  # the evaluation sets' errors speak of the recipe's key; here it is an option
+        message = str(e).replace("set eval.data_dir=DATA_DIR", "give --data-dir DATA_DIR")
+        raise UserError(message.replace("set eval.data_dir to", "give --data-dir")
+                        .replace("eval.data_dir", "--data-dir")) from None
     reasons = ", ".join(f"{k} {v}" for k, v in info["dropped_by_reason"].items())
     print(f"{args.input}: kept {info['kept']}, dropped {info['dropped']}{f' ({reasons})' if reasons else ''} "
           f"of {info['rows']} rows, against {info['evaluation_prompts']} prompts of {', '.join(suites)}; "
@@ -333,8 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "evaluation prompt")
     p.add_argument("input", help="a JSONL file (every field of a kept row is kept)")
     p.add_argument("--out", required=True, help="the JSONL file of the rows that pass")
-    p.add_argument("--suites", default="alpaca_eval,arena_hard",
-                   help="comma-separated: alpaca_eval, arena_hard, mt_bench, toy")
+    p.add_argument("--suites", help="comma-separated: alpaca_eval, arena_hard, mt_bench, toy (default: every "
+                                    "evaluation set found: arena_hard and mt_bench, which ship with synpo, and "
+                                    "alpaca_eval when --data-dir holds it)")
     p.add_argument("--field", default="prompt", help="the prompt's field (text, or a list of chat messages)")
     p.add_argument("--data-dir", help="directory of the evaluation sets (as eval.data_dir)")
     p.add_argument("--similarity", type=float, default=0.8, help="near-duplicate threshold (rapidfuzz ratio / 100)")
