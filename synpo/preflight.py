@@ -25,6 +25,7 @@ def check_run_inputs(recipe: Recipe) -> Seed:
     from synpo.tracking import check_trackers
 
     check_trackers(recipe.logging.report_to)
+    check_device(recipe)
     check_engines(recipe)
     seed = read_seed(recipe.data.seed, recipe.seed)
     check_corpus(recipe)
@@ -40,6 +41,18 @@ def check_run_inputs(recipe: Recipe) -> Seed:
     for what, cfg in judges(recipe):
         probe_judge(what, cfg)
     return seed
+
+
+def check_device(recipe: Recipe) -> None:
+    """runtime.device: cuda promises GPUs; without one the run would crawl on the CPU unsaid."""
+    if recipe.runtime.device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise UserError(f"runtime.device: cuda, but torch sees no GPU (torch {torch.__version__}, {build}); "
+                        "run on a GPU machine, or set runtime.device=auto (or cpu) to run on the CPU")
 
 
 ENGINE_STAGES = ("prompt_generator", "improver", "responses", "eval")

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from judge_server import ScriptedJudge
 
 from synpo.iterate import main
@@ -136,6 +137,9 @@ CASES = [
     # the run directory
     ("run dir is a file", {"run.txt": b"x"}, ["--run-dir={d}/run.txt"], "is a file"),
 ]
+if not torch.cuda.is_available():  # a CPU-only machine: a recipe's cuda device is a promise it cannot keep
+    CASES.append(("cuda without a GPU", {}, ["runtime.device=cuda"], "runtime.device: cuda, but torch sees no GPU"))
+
 
 # judge endpoints that answer the test question with a fault on every attempt
 JUDGE_FAULTS = [("judge replies not JSON", "not_json"), ("judge replies with no choices", "empty_choices"),
