@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from judge_server import ScriptedJudge, alpaca_confidence, sha
+from judge_server import ScriptedJudge, alpaca_confidence, key, sha
 
 from synpo.cli import main
 from synpo.engines.base import Completion
@@ -21,6 +21,7 @@ from synpo.io import read_json, read_jsonl
 from synpo.toy import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
+PROBE = key([{"role": "user", "content": "Reply with OK."}])  # the judge check's one question
 
 
 @pytest.fixture
@@ -51,6 +52,7 @@ def test_synpo_eval_alpaca_eval_end_to_end_and_resumable(tmp_path, data_dir, mon
                               capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         metrics = json.loads(proc.stdout)
+        assert judge.received.pop(PROBE) == 1  # the judge is checked once, before any answer
         assert len(judge.received) == 20 and sum(judge.received.values()) == 20
         # the loop's outputs: alpaca_eval-format outputs, annotations, metrics
         outputs = json.loads((out / "model_outputs.json").read_text())
@@ -63,6 +65,7 @@ def test_synpo_eval_alpaca_eval_end_to_end_and_resumable(tmp_path, data_dir, mon
         assert metrics["preferences"] == "weighted" and metrics["length_controlled_winrate"] is not None
         # the same command again: answers from the shards, every judgment from the cache
         assert main(_eval_args(judge, data_dir, out, "--json")) == 0
+        assert judge.received.pop(PROBE) == 1
         assert sum(judge.received.values()) == 20
         assert read_json(out / "metrics.json") == metrics
 
