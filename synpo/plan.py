@@ -824,8 +824,17 @@ def main(recipe_path: str, overrides: list[str], gpus_spec: str | None) -> int:
 
 
 if __name__ == "__main__":  # python -m synpo.plan RECIPE ...: the same as `synpo plan RECIPE ...`
+    import argparse
     import sys
 
-    from synpo.cli import main as cli
-
-    sys.exit(cli(["plan", *sys.argv[1:]]))
+    parser = argparse.ArgumentParser(prog="python -m synpo.plan", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("recipe", help="recipe YAML")
+    parser.add_argument("--gpus", default="8xA100-80G", help="the GPUs to check against, e.g. 4xH100-80G")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    args = parser.parse_args()
+    try:
+        sys.exit(main(args.recipe, args.set, args.gpus))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
