@@ -83,9 +83,10 @@ def eval_recipe(args: argparse.Namespace):
 
 def eval_identity(model: str, inputs) -> str:
     """What `synpo eval`'s answers are keyed by: the model (resolved path and content fingerprint,
-    chat template and tokenizer included) and the evaluation's inputs (sampling, suite, limit, seed,
-    engine, judge), hashed as the loop's stages hash theirs. Two checkpoints both named `policy`
-    get their own answers; the same checkpoint evaluated again reuses them."""
+    chat template and tokenizer included) and what else produces the answers (sampling, suite, limit,
+    seed, engine), hashed as the loop's stages hash theirs. Two checkpoints both named `policy` get
+    their own answers; the same checkpoint evaluated again reuses them. The judge is no part of it:
+    another judge judges the same answers (its verdicts are cached by their own key)."""
     from pathlib import Path
 
     from synpo.models import checkpoint_fingerprint
@@ -93,6 +94,8 @@ def eval_identity(model: str, inputs) -> str:
 
     where = Path(model).expanduser()
     location = str(where.resolve()) if where.exists() else model
+    if inputs.judged is not None:
+        inputs = inputs.model_copy(update={"judged": inputs.judged.model_copy(update={"judge": None})})
     return fingerprint("synpo eval", location, checkpoint_fingerprint(model), fingerprint_view(inputs))
 
 

@@ -257,3 +257,26 @@ def test_synpo_eval_checks_the_judge_before_answering_anything(tmp_path, data_di
     assert len(err) == 1 and err[0].startswith(f"error: --judge-url: the judge at http://127.0.0.1:{port}/v1 "
                                                "does not answer a test question"), err
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_identity_follows_the_answers_makers_not_the_judge(tmp_path):
+    import shutil
+
+    from synpo.cli import eval_identity
+    from synpo.iterate import evaluation
+    from synpo.recipe import load_recipe
+
+    model = tmp_path / "policy"
+    shutil.copytree(TINY_MODEL, model)
+
+    def identity(*overrides):
+        judge = "eval.judge={base_url: 'http://h/v1', model: j}"
+        recipe = load_recipe(None, ["eval.suites=[arena_hard]", judge, *overrides], check_files=False)
+        return eval_identity(str(model), evaluation(recipe, "arena_hard", "policy"))
+
+    base = identity()
+    assert identity("eval.judge={base_url: 'http://other/v1', model: k}") == base  # another judge, same answers
+    assert identity("eval.sampling.max_new_tokens=7") != base
+    assert identity("model.chat_template='{{ messages }}'") != base
+    (model / "chat_template.jinja").write_text("{{ messages[0].content }}")  # the checkpoint's own template
+    assert identity() != base
