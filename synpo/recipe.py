@@ -53,7 +53,7 @@ class ModelConfig(Section):
     path: str = "toy:tiny-llama"
     """Local directory or hub id of the SFT checkpoint θ0."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weights' dtype for generation and training (auto: the checkpoint's own; bfloat16 on GPUs for 7-8B models)."""
+    """Weights' dtype for generation and training (auto: the checkpoint's own)."""
     chat_template: str | None = None
     """A Jinja chat template (inline, or a file path) replacing the tokenizer's own."""
     trust_remote_code: bool = False
@@ -271,7 +271,8 @@ class TrainConfig(Section):
     weight_decay: float = Field(default=0.0, ge=0)
     """AdamW weight decay."""
     max_length: PositiveInt = 512
-    """Tokens per training row (prompt and answer); longer rows are cut."""
+    """Tokens per training row, prompt and answer (TRL's max_length: longer rows are truncated; a row whose
+    prompt alone fills it is dropped and counted)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     checkpoint_steps: PositiveInt | None = None
