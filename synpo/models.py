@@ -165,3 +165,35 @@ def load_causal_lm(path: str, *, dtype: str = "auto", adapter: str | None = None
 
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
+
+
+FULL_HASH_BYTES = 64 << 20  # files up to this size are hashed whole
+SAMPLED_CHUNKS, CHUNK_BYTES = 32, 1 << 20
+
+
+def checkpoint_fingerprint(path: str) -> str:
+    """A fingerprint of a model directory's content, for caches keyed by the model evaluated.
+
+    Every file's relative path and size; small files (configs, tokenizer, chat template, a tiny
+    model's weights) hashed whole; larger ones (7B shards) hashed on their first and last
+    megabyte (the safetensors header with its offsets is at the start) and 30 more megabytes
+    spread evenly, so a retrained checkpoint of the same shapes differs in seconds, not
+    minutes of reading 16 GB. A hub id has no local content: the id is its identity."""
+    import hashlib
+
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return hashlib.sha256(f"hub:{path}".encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for f in sorted(x for x in p.rglob("*") if x.is_file() and not x.name.startswith(".")):
+        size = f.stat().st_size
+        digest.update(f"{f.relative_to(p).as_posix()}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            if size <= FULL_HASH_BYTES:
+                digest.update(fh.read())
+                continue
+            step = (size - CHUNK_BYTES) // (SAMPLED_CHUNKS - 1)
+            for i in range(SAMPLED_CHUNKS):
+                fh.seek(i * step)
+                digest.update(fh.read(CHUNK_BYTES))
+    return digest.hexdigest()[:16]

@@ -315,11 +315,12 @@ class Layout:
         return {"single": "1 process", "ddp": f"DDP x{self.processes}", "fsdp": f"FSDP x{self.processes}"}[self.kind]
 
 
-def training_layout(cfg: TrainConfig) -> Layout:
-    """From the train section's accelerate config (a YAML file) and num_processes."""
+def training_layout(cfg: TrainConfig, gpus: int | None = None) -> Layout:
+    """From the train section's accelerate config (a YAML file) and num_processes; `gpus` as the run
+    would see them (runtime.gpus, else the planned --gpus count)."""
     from synpo.training.distributed import read_accelerate_config
 
-    acc = read_accelerate_config(cfg)
+    acc = read_accelerate_config(cfg, gpus)
     layout = Layout(processes=acc.processes, kind="ddp" if acc.processes > 1 else "single")
     if acc.path is None:
         return layout
@@ -629,7 +630,7 @@ def _fmt(n: float | None, prefix: str = "") -> str:
     return f"{prefix}{int(n)}"
 
 
-def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
+def build_plan(recipe: Recipe, gpus: GPUs | None = None) -> tuple[list[Step], dict]:
     """Every stage of the run in order, with its work and its memory estimate."""
     r = recipe
     theta0 = load_arch(r.model.path, r.model.dtype)
@@ -658,7 +659,7 @@ def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
         steps.append(Step(t, stage, model, engine_label(engine_stage), work, tokens + " new", memory, load))
 
     def train(t, stage, model, cfg: TrainConfig, rows, preference=False):
-        layout = training_layout(cfg)
+        layout = training_layout(cfg, r.runtime.gpus or (gpus.count if gpus else None))
         memory = training_memory(theta0, cfg, layout, preference, r.train.loss if preference else None)
         adapter = {"full": "full", "lora": f"LoRA r={cfg.lora.r}", "periodic_lora": f"PeriodicLoRA r={cfg.lora.r}"}
         name = adapter[cfg.adapter] + (f" {cfg.quantization}" if cfg.quantization else "")
@@ -793,7 +794,7 @@ def render(recipe: Recipe, gpus: GPUs | None, console=None) -> list[Step]:
     from rich.console import Console
     from rich.table import Table
 
-    steps, info = build_plan(recipe)
+    steps, info = build_plan(recipe, gpus)
     console = console or Console()
     theta0, scorer = info["theta0"], info["scorer"]
     console.print(f"[bold]synpo plan[/bold] {recipe.name}: {recipe.rounds} rounds, strategy {recipe.pairs.strategy}"
@@ -875,3 +876,20 @@ def main(recipe_path: str, overrides: list[str], gpus_spec: str | None) -> int:
         check_remote_code(recipe.scorer.path, recipe.scorer.trust_remote_code, config=config, import_code=False)
     render(recipe, gpus, console)
     return 0
+
+
+if __name__ == "__main__":  # python -m synpo.plan RECIPE ...: the same as `synpo plan RECIPE ...`
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m synpo.plan", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("recipe", help="recipe YAML")
+    parser.add_argument("--gpus", default="8xA100-80G", help="the GPUs to check against, e.g. 4xH100-80G")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    args = parser.parse_args()
+    try:
+        sys.exit(main(args.recipe, args.set, args.gpus))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

@@ -199,19 +199,26 @@ def _training_data(job: TrainingJob, tokenizer):
     return load_from_disk(str(path)), dropped
 
 
+def mlflow_store(tracking_dir: Path) -> str:
+    """The default MLflow tracking URI of a run: an SQLite file in RUN_DIR/tracking (local, no server)."""
+    return f"sqlite:///{(Path(tracking_dir) / 'mlflow.db').resolve()}"
+
+
 def _set_tracker_environment(tracking: Tracking | None) -> None:
     """The recipe's `logging.report_to`, with this job's place in the recipe run's tracking (the job is
     named RUN/STAGE): TensorBoard writes to RUN_DIR/tracking/tensorboard/<stage>; W&B groups a run's
     stages under the run's name; MLflow files them in an experiment named after the run, kept in
-    RUN_DIR/tracking/mlruns unless MLFLOW_TRACKING_URI says otherwise."""
+    in RUN_DIR/tracking/mlflow.db (an SQLite store: MLflow 3 refuses its file store) unless
+    MLFLOW_TRACKING_URI says otherwise."""
     if not tracking or not tracking.report_to:
         return
     root = Path(tracking.dir)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(root / "tensorboard" / tracking.stage)
     os.environ["WANDB_RUN_GROUP"] = tracking.run
     os.environ.setdefault("WANDB_PROJECT", "synpo")  # the loop's own figures go to the same project
+    os.environ.setdefault("WANDB_DIR", str(root))  # beside the loop's run, not in whatever directory synpo ran from
     os.environ["MLFLOW_EXPERIMENT_NAME"] = tracking.run
-    os.environ.setdefault("MLFLOW_TRACKING_URI", (root / "mlruns").as_uri())
+    os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow_store(root))
 
 
 def build_trainer(job: TrainingJob):
