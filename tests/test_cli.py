@@ -63,3 +63,36 @@ def test_python_m_synpo_plan_is_an_entry_point(tmp_path):
                           capture_output=True, text=True, env=child_env(), timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "synpo plan tiny-cpu: 3 rounds" in proc.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_how_to_resume_and_the_rerun_finishes_the_run(tmp_path):
+    """Ctrl-C (SIGINT) mid-run: one line saying how to resume, exit 130, no traceback; the same command
+    then resumes where the interrupted run stopped."""
+    import json
+    import signal
+    import time
+
+    from tests.conftest import MINI, TINY_RECIPE, run_iterate
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "synpo.iterate", str(TINY_RECIPE), "--run-dir", str(run_dir)]
+    for o in MINI:
+        cmd += ["--set", o]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    state, deadline = run_dir / "state.json", time.time() + 600
+    while proc.poll() is None and time.time() < deadline:  # once the first stage has finished
+        if state.exists() and json.loads(state.read_text() or "{}").get("stages"):
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1] == "interrupted; rerun the same command to resume"
+    assert "Traceback" not in err
+    finished = json.loads(state.read_text())["stages"]
+    proc = run_iterate(run_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stages = json.loads(state.read_text())["stages"]
+    assert all(stages[k]["finished"] == v["finished"] for k, v in finished.items())  # not run again
+    assert len(stages) > len(finished)

@@ -260,7 +260,7 @@ def test_ranks_that_build_the_training_data_at_once_load_one_published_copy(tmp_
 
     monkeypatch.setattr(Dataset, "save_to_disk", other_rank_wins)
     ours, dropped = _training_data(job, tokenizer)
-    assert dropped == 0
+    assert dropped == {"long_prompts": 0, "cut_answers": 0}
     assert Path(ours.cache_files[0]["filename"]).parent == Path(published[0].cache_files[0]["filename"]).parent
     assert (Path(ours.cache_files[0]["filename"]).parent / "marker").read_text() == "first"  # not replaced
     assert len(ours) == 8 and not list(work.glob(".dataset-*"))  # the loser's copy is cleaned up
