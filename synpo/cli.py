@@ -14,9 +14,13 @@ from synpo.errors import UserError
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from synpo.gguf import checkpoint
     from synpo.models import check_model_path
+    from synpo.recipe import resolve_path
 
-    check_model_path(args.model)
+    path = resolve_path(args.model)
+    check_model_path(path)
+    args.model_name, args.model = args.model, checkpoint(path)  # a GGUF file: its cached conversion
     if args.threads:
         import torch
 
@@ -53,7 +57,8 @@ def eval_recipe(args: argparse.Namespace):
 
     overrides = [f"eval.suites=[{args.suite}]"]
     # the evaluated model's name in the output files: its directory's name
-    name = re.sub(r"[^\w.-]+", "-", Path(args.model.rstrip("/")).name).lstrip(".") or "model"
+    named = getattr(args, "model_name", args.model)  # as the user wrote it (not a GGUF file's cache directory)
+    name = re.sub(r"[^\w.-]+", "-", Path(named.rstrip("/")).name).lstrip(".") or "model"
     overrides.append(f"name={json.dumps(name)}")
     if args.judge_url or args.judge_model:
         if not (args.judge_url and args.judge_model):
@@ -161,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a model on a suite (judged suites: the loop's evaluation, on its own)")
     p.add_argument("--suite", default="toy", choices=["toy", "alpaca_eval", "arena_hard", "mt_bench"])
-    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--model", required=True, help="model directory, or a GGUF file (a path or pkg:PACKAGE/FILE.gguf)")
     p.add_argument("--json", action="store_true", help="print metrics as JSON on stdout")
     p.add_argument("--limit", type=int, help="evaluate a fixed-seed subsample of N items")
     p.add_argument("--seed", type=int, default=0)

@@ -144,7 +144,9 @@ class Loop:
         from synpo.tracking import LoopTracker, check_trackers
 
         self.recipe, self.run, self.seed_rows = recipe, run, seed_rows
-        self.theta0 = resolve_path(recipe.model.path)
+        from synpo.gguf import checkpoint
+
+        self.theta0 = checkpoint(resolve_path(recipe.model.path))
         self.scorer = make_scorer(recipe.scorer, device=recipe.runtime.device, ray_address=recipe.engine.ray_address)
         self.launch = Launch(isolate=recipe.runtime.isolate, threads=recipe.runtime.threads,
                              report_to=tuple(recipe.logging.report_to))

