@@ -79,7 +79,8 @@ def eval_recipe(args: argparse.Namespace):
         overrides.append(f"runtime.threads={args.threads}")
     if args.recipe is None and args.engine in (None, "hf"):
         overrides.append(f"engine.batch_size={args.batch_size}")
-    if args.recipe is None and not args.judge_url and not any(a.startswith("eval.") for a in args.set):
+    if (args.suite != "ifeval" and args.recipe is None and not args.judge_url
+            and not any(a.startswith("eval.") for a in args.set)):
         raise UserError(f"--suite {args.suite}: needs a judge: --judge-url URL --judge-model NAME "
                         "(an OpenAI-compatible endpoint), or a --recipe whose eval.judge is set")
     return load_recipe(args.recipe, [*overrides, *args.set], check_files=False)
@@ -104,7 +105,8 @@ def eval_judged(args: argparse.Namespace) -> int:
 
         from synpo.progress import results
 
-        table = Table(title=f"{args.suite}: {args.model} (judge {metrics.get('judge')})")
+        judge = f" (judge {metrics['judge']})" if metrics.get("judge") else ""
+        table = Table(title=f"{args.suite}: {getattr(args, 'model_name', args.model)}{judge}")
         table.add_column("metric")
         table.add_column("value", justify="right")
         for k, v in headline(args.suite, metrics).items():
@@ -165,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("eval", help="evaluate a model on a suite (judged suites: the loop's evaluation, on its own)")
-    p.add_argument("--suite", default="toy", choices=["toy", "alpaca_eval", "arena_hard", "mt_bench"])
+    p.add_argument("--suite", default="toy", choices=["toy", "alpaca_eval", "arena_hard", "mt_bench", "ifeval"])
     p.add_argument("--model", required=True, help="model directory, or a GGUF file (a path or pkg:PACKAGE/FILE.gguf)")
     p.add_argument("--json", action="store_true", help="print metrics as JSON on stdout")
     p.add_argument("--limit", type=int, help="evaluate a fixed-seed subsample of N items")

@@ -37,11 +37,14 @@ from synpo.stages.responses import Answering
 from synpo.stages.train import Launch
 
 
-def evaluation(recipe: Recipe, suite: str, model_name: str) -> Evaluation:
-    """One suite's evaluation inputs (also `synpo eval`'s, on any checkpoint)."""
+def evaluation(recipe: Recipe, suite: str, model_name: str, t: int | None = None) -> Evaluation:
+    """One suite's evaluation inputs (also `synpo eval`'s, on any checkpoint); round t (0 < t < rounds)
+    takes eval.round_limit items when that is set, θ0 and the last round eval.limit."""
     r = recipe
-    return Evaluation(suite=suite, limit=r.eval.limit, sampling=r.eval.sampling,
-                      judged=None if suite == "toy" else r.eval.model_copy(update={"suites": [suite]}),
+    limit = r.eval.round_limit if t is not None and 0 < t < r.rounds and r.eval.round_limit else r.eval.limit
+    return Evaluation(suite=suite, limit=limit, sampling=r.eval.sampling,
+                      judged=None if suite == "toy" else r.eval.model_copy(update={"suites": [suite], "limit": limit,
+                                                                                   "round_limit": None}),
                       model_name="" if suite == "toy" else model_name, base=r.model, engine=r.engine_for("eval"),
                       seed=stage_seed(r.seed, "eval", suite))  # every round: the same items, the same sampling
 
@@ -51,7 +54,7 @@ def evaluations(recipe: Recipe, t: int, model: str) -> list[Stage]:
     stages = []
     for suite in recipe.eval.suites:
         key = stage_key(t, f"eval/{suite}")
-        stages.append(Stage(key, evaluation(recipe, suite, f"{recipe.name}-{round_name(t)}"), {"model": model},
+        stages.append(Stage(key, evaluation(recipe, suite, f"{recipe.name}-{round_name(t)}", t), {"model": model},
                             output=f"{key}/metrics.json"))
     return stages
 

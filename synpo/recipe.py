@@ -362,9 +362,13 @@ class PairsConfig(Section):
 
 
 class EvalConfig(Section):
-    suites: list[Literal["toy", "alpaca_eval", "arena_hard", "mt_bench"]] = ["toy"]
+    suites: list[Literal["toy", "alpaca_eval", "arena_hard", "mt_bench", "ifeval"]] = ["toy"]
     limit: PositiveInt | None = None
     """Evaluate a fixed-seed subsample of this many items per suite (quick checks)."""
+    round_limit: PositiveInt | None = None
+    """Rounds between θ0 and the last: a fixed-seed subsample of this many items per suite (the same items
+    every such round); θ0 and the last round evaluate `limit` (None: all). Cheap per-round curves, full
+    figures at both ends (e.g. IFEval's 541 prompts take a 135M model tens of minutes on a CPU)."""
     sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=64)
     judge: EngineConfig | None = None
     """The judging LLM for alpaca_eval / arena_hard / mt_bench (OpenAI-compatible; kind defaults to openai)."""
