@@ -159,11 +159,12 @@ class ScorerConfig(Section):
     """The scorer rating responses (the paper's reward model). Gap thresholds (`improver.gap`,
     `pairs.gap`) are in its own units: toy checker credit 0-1; reward_model, the difference of
     its scores (ArmoRM: the paper's τ 0.02); pairwise, PairRM's logit(A over B) - logit(B over A)
-    (the paper's τ 0.20); judge, rating points on 1-10. See synpo/scoring/."""
+    (the paper's τ 0.20); judge, rating points on 1-10; yes_no, a local LM's P(Yes) in [0, 1]. See
+    synpo/scoring/."""
 
-    kind: Literal["toy", "reward_model", "pairwise", "judge"] = "toy"
+    kind: Literal["toy", "reward_model", "pairwise", "judge", "yes_no"] = "toy"
     path: str | None = None
-    """reward_model / pairwise: model directory or hub id."""
+    """reward_model / pairwise: model directory or hub id; yes_no: a causal LM (directory or GGUF file)."""
     batch_size: PositiveInt = 16
     """reward_model / pairwise: conversations per forward pass."""
     max_length: PositiveInt = 2048
@@ -184,7 +185,7 @@ class ScorerConfig(Section):
 
     @model_validator(mode="after")
     def _needs(self):
-        if self.kind in ("reward_model", "pairwise") and not self.path:
+        if self.kind in ("reward_model", "pairwise", "yes_no") and not self.path:
             raise ValueError(f"path: required when kind is {self.kind}")
         if self.kind == "judge" and self.judge is None:
             raise ValueError("judge: required when kind is judge")
@@ -560,7 +561,7 @@ def missing_files(recipe: Recipe, source: str) -> list[str]:
             problems.append(f"{source}: {e}")
     local("data.seed.path", recipe.data.seed.path, recipe.data.seed.format)
     local("data.corpus.path", recipe.data.corpus.path, recipe.data.corpus.format)
-    if recipe.scorer.kind in ("reward_model", "pairwise"):
+    if recipe.scorer.kind in ("reward_model", "pairwise", "yes_no"):
         model("scorer.path", recipe.scorer.path)
     for stage in ("prompt_generator", "improver", "responses", "eval"):
         python = recipe.engine_for(stage).python
