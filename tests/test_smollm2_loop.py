@@ -88,3 +88,16 @@ def test_the_recipe_reads_the_shipped_seed_tasks_and_corpus():
     paragraphs = list(iter_corpus(recipe.data.corpus))
     assert len(paragraphs) == 606 and all(120 <= len(p) <= 1200 for p in paragraphs)
     assert recipe.scorer.kind == "yes_no" and recipe.eval.suites == ["ifeval"] and recipe.eval.round_limit
+
+
+def test_synpo_plan_sizes_the_recipe_from_the_converted_checkpoint(smollm2, monkeypatch):
+    """`synpo plan` reads θ0's config from the GGUF file's cached conversion (not from the hub) and knows
+    the ifeval suite's size and the yes_no scorer."""
+    from synpo.plan import build_plan
+    from synpo.recipe import load_recipe
+
+    monkeypatch.setenv("SYNPO_CACHE_DIR", str(smollm2.parent.parent))
+    steps, info = build_plan(load_recipe(RECIPE, check_files=False))
+    evals = [s for s in steps if s.stage == "eval ifeval"]
+    assert [s.work for s in evals] == ["541 generations", "64 generations", "541 generations"]
+    assert any("P(Yes)" in s.runs_as for s in steps)
