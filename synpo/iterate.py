@@ -157,7 +157,7 @@ class Loop:
         self.theta0 = checkpoint(resolve_path(recipe.model.path))
         self.scorer = make_scorer(recipe.scorer, device=recipe.runtime.device, ray_address=recipe.engine.ray_address)
         self.launch = Launch(isolate=recipe.runtime.isolate, threads=recipe.runtime.threads,
-                             report_to=tuple(recipe.logging.report_to))
+                             report_to=tuple(recipe.logging.report_to), gpus=recipe.runtime.gpus)
         check_trackers(recipe.logging.report_to)
         self.tracker = LoopTracker(run.dir, recipe.logging.report_to)
         self.stages = {s.key: s for s in run_stages(recipe)}
@@ -276,8 +276,12 @@ class Loop:
         write_report(self.run.dir)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m synpo.iterate", description="Run SynPO self-boosting rounds.")
+def parse_args(argv: list[str] | None = None, prog: str = "python -m synpo.iterate") -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog, description="Run SynPO self-boosting rounds.",
+                                     epilog="examples:\n  synpo iterate recipes/tiny-cpu.yaml --set rounds=1\n"
+                                            "  synpo iterate recipes/llama3-8b-synpo.yaml --run-dir runs/beta10 "
+                                            "--set train.beta=10",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", help="recipe YAML, e.g. recipes/tiny-cpu.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe value, e.g. --set rounds=1 (repeatable)")
@@ -285,8 +289,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m synpo.iterate") -> int:
+    args = parse_args(argv, prog)
     from synpo.progress import quiet_libraries
 
     quiet_libraries()

@@ -92,7 +92,7 @@ class LocalWorker:
     """One child process serving a Spec; `call` blocks until it answers."""
 
     def __init__(self, spec: Spec, index: int, gpus: list[str], threads: int):
-        from synpo.processes import die_with_parent
+        from synpo.processes import popen_kept
         from synpo.progress import quiet
 
         self.index, self.gpus = index, gpus
@@ -101,9 +101,8 @@ class LocalWorker:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
         self._quiet = quiet()
         self._tail: collections.deque[str] = collections.deque(maxlen=30)
-        self._proc = subprocess.Popen([sys.executable, "-m", "synpo.parallel"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                      preexec_fn=die_with_parent)
+        self._proc = popen_kept([sys.executable, "-m", "synpo.parallel"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self._stderr = threading.Thread(target=self._pump_stderr, daemon=True)
         self._stderr.start()
         self._send({"factory": spec.factory, "args": spec.args, "kwargs": spec.kwargs})
@@ -149,9 +148,9 @@ class LocalWorker:
         return self._receive()
 
     def kill(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
+        from synpo.processes import stop
+
+        stop(self._proc)  # the worker's whole tree (its engines' own children included)
 
     def close(self) -> None:
         if self._proc.poll() is None:
@@ -160,8 +159,9 @@ class LocalWorker:
                 self._proc.stdin.close()
                 self._proc.wait(timeout=120)
             except (OSError, subprocess.TimeoutExpired):
-                self._proc.kill()
-                self._proc.wait()
+                from synpo.processes import stop
+
+                stop(self._proc)
         self._stderr.join(timeout=5)
 
 

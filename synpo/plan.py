@@ -50,6 +50,9 @@ training runs chosen and rejected together, so B = 2·batch_size):
     working set; without, every layer's: B·S·(16h + 8i) bytes per layer (bf16 Llama block
     with fused attention); plus logits B·S·V·6 (bf16 logits and fp32 log-probs)
   other (CUDA context, buffers) 2 GiB.
+  host RAM (the node, all N processes; the "host GiB" column): loading without zero3_init_flag
+    N·w·P (×2 with a DPO reference); ZeRO offload 12P (optimizer) and w·P (parameters); PeriodicLoRA
+    on a bf16 base N·2 bytes per folded weight (the folds' rounding carry, int16 per process).
 
 Scoring (one GPU, in the orchestrating process): weights 2P (bf16; PairRM fp16) + one
 layer's working set batch·S·(16h + 8i) (no gradients: layers run one at a time) + 1 GiB;
@@ -317,11 +320,12 @@ class Layout:
         return {"single": "1 process", "ddp": f"DDP x{self.processes}", "fsdp": f"FSDP x{self.processes}"}[self.kind]
 
 
-def training_layout(cfg: TrainConfig) -> Layout:
-    """From the train section's accelerate config (a YAML file) and num_processes."""
+def training_layout(cfg: TrainConfig, gpus: int | None = None) -> Layout:
+    """From the train section's accelerate config (a YAML file) and num_processes; `gpus` as the run
+    would see them (runtime.gpus, else the planned --gpus count)."""
     from synpo.training.distributed import read_accelerate_config
 
-    acc = read_accelerate_config(cfg)
+    acc = read_accelerate_config(cfg, gpus)
     layout = Layout(processes=acc.processes, kind="ddp" if acc.processes > 1 else "single")
     if acc.path is None:
         return layout
@@ -362,6 +366,7 @@ class Memory:
     note: str = ""
     kv_per_seq: float = 0.0  # vLLM: KV bytes of one sequence on one GPU
     concurrent: int = 0  # vLLM: sequences the full-batch estimate holds at once
+    host: dict[str, float] = field(default_factory=dict)  # host RAM of the node (all its processes), by part
 
     @property
     def total(self) -> float:
@@ -462,13 +467,32 @@ def training_memory(arch: Arch, cfg: TrainConfig, layout: Layout, preference: bo
     sequences = cfg.batch_size * (2 if preference else 1)
     parts.update(activation_bytes(arch, sequences, cfg.max_length, cfg.gradient_checkpointing))
     parts["other"] = OVERHEAD
+    host = training_host_memory(arch, cfg, layout, "reference" in parts)
     if shard_all and not layout.init_sharded and cfg.adapter == "full":
         # Without zero3_init each process first loads the whole model (and a DPO reference),
         # then ZeRO-3 / FSDP shards it: that moment can be the peak.
         loading = w * P * (2 if "reference" in parts else 1)
         if loading + OVERHEAD > sum(parts.values()):
-            return Memory({"weights (unsharded, loading)": loading, "other": OVERHEAD}, gpus=N)
-    return Memory(parts, gpus=N)
+            return Memory({"weights (unsharded, loading)": loading, "other": OVERHEAD}, gpus=N, host=host)
+    return Memory(parts, gpus=N, host=host)
+
+
+def training_host_memory(arch: Arch, cfg: TrainConfig, layout: Layout, reference: bool) -> dict[str, float]:
+    """Host RAM of one node during a training stage (every process together), by part."""
+    P, w, N = arch.params, arch.weight_bytes, max(layout.processes, 1)
+    host: dict[str, float] = {}
+    if layout.kind in ("deepspeed", "fsdp") and not layout.init_sharded:
+        # each process loads the whole model on the CPU before DeepSpeed / FSDP shard it
+        host["loading"] = N * w * P * (2 if reference else 1)
+    if layout.kind == "deepspeed" and layout.offload_optimizer:
+        host["optim (offload)"] = 12 * P if cfg.adapter == "full" else 12 * lora_params(arch, cfg.lora.r,
+                                                                                          cfg.lora.target_modules)
+    if layout.kind == "deepspeed" and layout.offload_params:
+        host["weights (offload)"] = w * P
+    if cfg.adapter == "periodic_lora" and w < 4:
+        # the folds' rounding carry: 2 bytes per folded base weight, kept by every process
+        host["fold carry"] = N * 2 * arch.block_linear_params()
+    return host
 
 
 def scoring_memory(arch: Arch | None, kind: str, batch: int, max_length: int) -> Memory:
@@ -505,6 +529,18 @@ def engines_of(engine, gpus: GPUs) -> int:
     return engine.data_parallel_size or max(1, gpus.count // tp)
 
 
+def busiest_engine(sequences: int, engines: int, shard: int, kind: str) -> int:
+    """Sequences the busiest of `engines` generates, in waves: vLLM engines take jobs cut to fill every
+    engine in each wave (engines/parallel.py balanced_jobs); hf engines take whole shards of `shard`."""
+    if engines <= 1:
+        return sequences
+    if kind == "vllm":
+        waves = -(-sequences // (engines * shard))
+        return waves * -(-sequences // (engines * waves))
+    shards = -(-sequences // shard)
+    return min(sequences, -(-shards // engines) * shard)
+
+
 def generation_seconds(load: Load, gpus: GPUs) -> float | None:
     """Decode (memory- or compute-bound, whichever is slower) plus prefill, on the stage's engines."""
     flops, bandwidth = gpus.speed
@@ -513,7 +549,8 @@ def generation_seconds(load: Load, gpus: GPUs) -> float | None:
     engines = engines_of(engine, gpus)
     weights = arch.params * arch.weight_bytes + load.adapter_bytes
     kv = arch.kv_bytes_per_token()
-    per_engine = -(-load.sequences // engines)
+    per_engine = busiest_engine(load.sequences, engines, engine.shard_size * max(load.sequences // max(load.prompts, 1),
+                                                                               1), engine.kind)
     full = min(load.prompt_tokens + load.new_tokens, engine.max_model_len or arch.max_positions)
     if engine.kind == "vllm":
         room = tp * (engine.gpu_memory_utilization * gpus.memory - OVERHEAD) - weights
@@ -525,7 +562,8 @@ def generation_seconds(load: Load, gpus: GPUs) -> float | None:
     step_bytes = weights + batch * (load.prompt_tokens + load.new_tokens / 2) * kv
     step = max(step_bytes / (tp * bandwidth * BW_UTIL), 2 * arch.params * batch / (tp * flops * PREFILL_MFU))
     decode = per_engine / batch * load.new_tokens * step
-    prefill = 2 * arch.params * load.prompt_tokens * -(-load.prompts // engines) / (tp * flops * PREFILL_MFU)
+    prefill = (2 * arch.params * load.prompt_tokens * per_engine * load.prompts / max(load.sequences, 1)
+               / (tp * flops * PREFILL_MFU))
     return decode + prefill
 
 
@@ -597,7 +635,7 @@ def _fmt(n: float | None, prefix: str = "") -> str:
     return f"{prefix}{int(n)}"
 
 
-def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
+def build_plan(recipe: Recipe, gpus: GPUs | None = None) -> tuple[list[Step], dict]:
     """Every stage of the run in order, with its work and its memory estimate."""
     r = recipe
     theta0 = load_arch(r.model.path, r.model.dtype)
@@ -626,7 +664,7 @@ def build_plan(recipe: Recipe) -> tuple[list[Step], dict]:
         steps.append(Step(t, stage, model, engine_label(engine_stage), work, tokens + " new", memory, load))
 
     def train(t, stage, model, cfg: TrainConfig, rows, preference=False):
-        layout = training_layout(cfg)
+        layout = training_layout(cfg, r.runtime.gpus or (gpus.count if gpus else None))
         memory = training_memory(theta0, cfg, layout, preference, r.train.loss if preference else None)
         adapter = {"full": "full", "lora": f"LoRA r={cfg.lora.r}", "periodic_lora": f"PeriodicLoRA r={cfg.lora.r}"}
         name = adapter[cfg.adapter] + (f" {cfg.quantization}" if cfg.quantization else "")
@@ -747,11 +785,22 @@ def hours_summary(steps: list[Step], gpus: GPUs) -> dict:
     return {"rounds": rows, "total": sum(by_stage.values()) / 3600, "top": top, "top_hours": by_stage[top] / 3600}
 
 
+def host_cell(memory: Memory) -> str:
+    """The node's host RAM for a stage: total and its parts ("-" when nothing large)."""
+    if not memory.host:
+        return "-"
+    total = sum(memory.host.values())
+    return f"{total / GiB:.0f} {'+'.join(HOST_SHORT[k] for k in memory.host)}"
+
+
+HOST_SHORT = {"loading": "L", "optim (offload)": "O", "weights (offload)": "W", "fold carry": "C"}
+
+
 def render(recipe: Recipe, gpus: GPUs | None, console=None) -> list[Step]:
     from rich.console import Console
     from rich.table import Table
 
-    steps, info = build_plan(recipe)
+    steps, info = build_plan(recipe, gpus)
     console = console or Console()
     theta0, scorer = info["theta0"], info["scorer"]
     console.print(f"[bold]synpo plan[/bold] {recipe.name}: {recipe.rounds} rounds, strategy {recipe.pairs.strategy}"
@@ -763,9 +812,11 @@ def render(recipe: Recipe, gpus: GPUs | None, console=None) -> list[Step]:
     console.print(f"seed rows: {info['seed_rows'] if info['seed_rows'] is not None else '? (set data.seed.limit)'}; "
                   "generation counts are upper bounds (filters drop some prompts)")
     table = Table(title="stages, work and peak memory per GPU (GiB)", show_lines=False)
-    for col, kw in [("round", {"justify": "right"}), ("stage", {}), ("model", {}), ("runs as", {}), ("work", {}),
+    for col, kw in [("round", {"justify": "right"}), ("stage", {}), ("model", {}), ("runs as", {"no_wrap": True}),
+                    ("work", {}),
                     ("tokens", {"justify": "right"}), ("hours", {"justify": "right"}),
-                    ("GiB/GPU", {"justify": "right"}), ("breakdown (GiB)", {"no_wrap": True}), ("fits", {})]:
+                    ("GiB/GPU", {"justify": "right"}), ("breakdown (GiB)", {"no_wrap": True}), ("fits", {}),
+                    ("host", {"no_wrap": True})]:
         table.add_column(col, **kw)
     worst = []
     for s in steps:
@@ -780,8 +831,12 @@ def render(recipe: Recipe, gpus: GPUs | None, console=None) -> list[Step]:
             runs_as = runs_as.replace(" x GPUs/tp", f" x{engines}").replace(" x GPUs", f" x{engines}")
         table.add_row(s.round, s.stage, s.model, runs_as, s.work, s.tokens, "-" if seconds is None else
                       f"{seconds / 3600:.2f}", gib, s.memory.breakdown(parts) if parts else "-", fits,
-                      style="red" if fits.startswith("NO") else None)
+                      host_cell(s.memory), style="red" if fits.startswith("NO") else None)
     console.print(table)
+    if any(s.memory.host for s in steps):
+        console.print("host: the node's RAM in GiB over all its processes; L every process loads the whole model "
+                      "before ZeRO-3 / FSDP shard it, O / W ZeRO offload of optimizer / weights, C PeriodicLoRA's "
+                      "fold carry")
     if gpus is not None:
         console.print("[green]every stage fits[/green]" if not worst else
                       f"[red]{len(worst)} stage(s) do not fit[/red]: use LoRA/QLoRA, ZeRO-3 over more GPUs, "
@@ -823,6 +878,24 @@ def main(recipe_path: str, overrides: list[str], gpus_spec: str | None) -> int:
         console.print(f"[yellow]warning[/yellow] (checked again when the run starts): {problem}")
     if recipe.scorer.kind == "reward_model":
         config, _ = read_config(recipe.scorer.path)
-        check_remote_code(recipe.scorer.path, recipe.scorer.trust_remote_code, config=config)
+        # a plan is made offline, often away from the run's machine: the code is imported at preflight
+        check_remote_code(recipe.scorer.path, recipe.scorer.trust_remote_code, config=config, import_code=False)
     render(recipe, gpus, console)
     return 0
+
+
+if __name__ == "__main__":  # python -m synpo.plan RECIPE ...: the same as `synpo plan RECIPE ...`
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m synpo.plan", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("recipe", help="recipe YAML")
+    parser.add_argument("--gpus", default="8xA100-80G", help="the GPUs to check against, e.g. 4xH100-80G")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    args = parser.parse_args()
+    try:
+        sys.exit(main(args.recipe, args.set, args.gpus))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)

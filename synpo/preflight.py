@@ -22,6 +22,11 @@ CORPUS_SAMPLE = 200  # paragraphs read up front: enough to catch a wrong format 
 
 def check_run_inputs(recipe: Recipe) -> Seed:
     """Check every input of a run; returns the seed set (read once, used by the run)."""
+    from synpo.tracking import check_trackers
+
+    check_trackers(recipe.logging.report_to)
+    check_device(recipe)
+    check_engines(recipe)
     seed = read_seed(recipe.data.seed, recipe.seed)
     check_corpus(recipe)
     tokenizer = check_tokenizer(recipe)
@@ -36,6 +41,52 @@ def check_run_inputs(recipe: Recipe) -> Seed:
     for what, cfg in judges(recipe):
         probe_judge(what, cfg)
     return seed
+
+
+def check_device(recipe: Recipe) -> None:
+    """runtime.device: cuda promises GPUs; without one the run would crawl on the CPU unsaid."""
+    if recipe.runtime.device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise UserError(f"runtime.device: cuda, but torch sees no GPU (torch {torch.__version__}, {build}); "
+                        "run on a GPU machine, or set runtime.device=auto (or cpu) to run on the CPU")
+
+
+ENGINE_STAGES = ("prompt_generator", "improver", "responses", "eval")
+
+
+def check_engines(recipe: Recipe) -> None:
+    """Every vLLM engine can be started: vllm importable here, or by the python of engine.python.
+    Only a spec lookup, not an import: vLLM's import takes seconds."""
+    import importlib.util
+    import subprocess
+
+    checked = set()
+    for stage in ENGINE_STAGES:
+        cfg = recipe.engine_for(stage)
+        if cfg.kind != "vllm" or cfg.python in checked:
+            continue
+        checked.add(cfg.python)
+        key = f"{stage}.engine" if getattr(recipe, stage).engine is not None else "engine"
+        if cfg.python is None:
+            if importlib.util.find_spec("vllm") is None:
+                raise UserError(f"{key}.kind vllm: vllm is not installed in this environment; set {key}.python to "
+                                "the python of a vLLM environment (scripts/setup_vllm_env.sh builds .venv-vllm)")
+            continue
+        python = resolve_path(cfg.python)
+        try:
+            found = subprocess.run([python, "-c", "import importlib.util, sys; "
+                                    "sys.exit(importlib.util.find_spec('vllm') is None)"],
+                                   capture_output=True, timeout=60).returncode == 0
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise UserError(f"{key}.python: {cfg.python} does not run ({type(e).__name__}); point it at the "
+                            "bin/python of a vLLM environment") from None
+        if not found:
+            raise UserError(f"{key}.python: {cfg.python} cannot import vllm; build a vLLM environment with "
+                            f"scripts/setup_vllm_env.sh and point {key}.python at its bin/python")
 
 
 def check_corpus(recipe: Recipe) -> None:
@@ -131,17 +182,33 @@ def judges(recipe: Recipe) -> list[tuple[str, EngineConfig]]:
     return out
 
 
-def probe_judge(what: str, cfg: EngineConfig) -> None:
-    """One one-token question (not cached): a wrong URL, key or model, or a server whose replies
-    are not chat completions, stops the run before it starts."""
-    from synpo.engines.base import Request, Sampling
-    from synpo.engines.openai import OpenAIEngine, OpenAIEngineError
+PROBE_TIMEOUT = 15.0  # seconds for the test question: a one-token reply, or the judge is not there
 
-    engine = OpenAIEngine(cfg.model_copy(update={"cache": False}), model=cfg.model)
+
+def probe_judge(what: str, cfg: EngineConfig, url_field: str | None = None, key_field: str | None = None) -> None:
+    """One one-token question (not cached, not retried, a short timeout): a wrong URL, key or model,
+    or a server whose replies are not chat completions, stops the run before it starts, in seconds
+    rather than after the engine's retries and backoff. `url_field`, `key_field`: the base URL's and
+    the key variable's names as the user wrote them (default WHAT.base_url, WHAT.api_key_env)."""
+    import os
+
+    from synpo.engines.base import Request, Sampling
+    from synpo.engines.openai import OpenAIEngine, OpenAIEngineError, RequestRejected
+
+    if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+        raise UserError(f"{key_field or what + '.api_key_env'}: the environment variable {cfg.api_key_env} is not "
+                        "set; export it with the judge's API key")
+
+    probe = cfg.model_copy(update={"cache": False, "max_retries": 0, "timeout": min(cfg.timeout, PROBE_TIMEOUT)})
+    engine = OpenAIEngine(probe, model=cfg.model)
     try:
         engine.generate([Request("probe", [{"role": "user", "content": "Reply with OK."}])],
                         Sampling(temperature=0.0, max_new_tokens=1))
+    except RequestRejected as e:
+        raise UserError(f"{what}: the judge at {cfg.base_url} refused a test question: {e}") from None
     except OpenAIEngineError as e:
-        raise UserError(f"{what}: the judge at {cfg.base_url} does not answer a test question: {e}") from None
+        problem = str(e).split(" (gave up after")[0].removeprefix(f"{engine.url}: ")
+        raise UserError(f"{url_field or what + '.base_url'}: the judge at {cfg.base_url} does not answer a test "
+                        f"question ({problem}); check the URL and that the server is up") from None
     finally:
         engine.close()

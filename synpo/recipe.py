@@ -4,8 +4,11 @@ A recipe is YAML. `load_recipe(path, overrides)` applies `--set a.b=value` overr
 validates everything (unknown keys, types, ranges, files that must exist) and raises one
 UserError listing every problem as `file: yaml.path: message`. Nothing runs before that.
 
-Paths: relative paths are relative to the current directory; `toy:NAME` names a file or
-directory shipped in synpo/toy/assets (the embedded tiny model and toy data).
+Paths: a relative path written in a recipe file is relative to that file's folder (so a recipe
+works from any directory); a model or dataset path that names nothing there is a Hugging Face
+Hub id. A path given with `--set` is relative to the current directory, as any path typed in a
+shell. `toy:NAME` names a file or directory shipped in synpo/toy/assets (the embedded tiny model
+and toy data).
 
 Variants: a recipe may start with `base: other.yaml` (relative to the recipe file); it is then
 that recipe with this file's keys laid over it (e.g. recipes/llama3-8b-synpo-lora.yaml).
@@ -28,7 +31,8 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # attribute docstrings become field descriptions: `synpo config --options` and docs/options.md read them
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 def resolve_path(path: str) -> str:
@@ -55,29 +59,41 @@ class ModelConfig(Section):
     """Local directory or hub id of the SFT checkpoint θ0, or a GGUF file (a path, or `pkg:PACKAGE/FILE.gguf`
     inside an installed package), converted once into a cached safetensors checkpoint (synpo.gguf)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights' dtype for generation and training (auto: the checkpoint's own)."""
     chat_template: str | None = None
     """A Jinja chat template (inline, or a file path) replacing the tokenizer's own."""
     trust_remote_code: bool = False
+    """Run the checkpoint's own model code (transformers' trust_remote_code); off unless the recipe says so."""
 
 
 class SeedData(Section):
     path: str = "toy:seed.jsonl"
+    """The seed set (x*, y*): a file, or a `datasets` hub id with format hf."""
     format: Literal["jsonl", "alpaca", "sharegpt", "hf"] = "jsonl"
+    """jsonl (one object per line), alpaca (a JSON list of instruction/input/output), sharegpt (conversations), hf
+    (a `datasets` dataset)."""
     prompt_field: str = "prompt"
     """jsonl / hf: the prompt's field; a dotted path reaches nested fields (instances.0.output)."""
     response_field: str = "response"
+    """jsonl / hf: the gold answer's field; a dotted path reaches nested fields."""
     input_field: str | None = None
     """jsonl / hf: a field joined to the prompt after a blank line when not blank, as Alpaca's
     `input` is (Self-Instruct's seed tasks: instances.0.input)."""
     split: str = "train"
+    """hf: the dataset split."""
     limit: PositiveInt | None = None
+    """Use at most this many seed rows (a fixed-seed draw)."""
 
 
 class CorpusData(Section):
     path: str = "toy:corpus.jsonl"
+    """The text corpus keywords are drawn from: a file, or a `datasets` hub id with format hf."""
     format: Literal["text", "jsonl", "parquet", "hf"] = "jsonl"
+    """text (paragraphs split at blank lines), jsonl, parquet, or hf (a streamed `datasets` dataset)."""
     text_field: str = "text"
+    """jsonl / parquet / hf: the field holding the text."""
     split: str = "train"
+    """hf: the dataset split."""
     limit: PositiveInt | None = None
     """Read at most this many paragraphs (a corpus is streamed, never loaded whole)."""
     subset: str | None = None
@@ -89,7 +105,9 @@ class CorpusData(Section):
 
 class DataConfig(Section):
     seed: SeedData = SeedData()
+    """The seed set: prompts with gold answers (G's and R_t's training data, π_{t-1}'s probe)."""
     corpus: CorpusData = CorpusData()
+    """The text corpus the prompt generator's keywords come from."""
 
 
 # ---- engines and scorers --------------------------------------------------------------
@@ -97,6 +115,8 @@ class DataConfig(Section):
 
 class EngineConfig(Section):
     kind: Literal["hf", "vllm", "openai"] = "hf"
+    """What generates: hf (transformers generate, here), vllm (vLLM, here or in engine.python's environment), openai
+    (an OpenAI-compatible server)."""
     batch_size: PositiveInt = 64
     """hf: sequences per generate call."""
     shard_size: PositiveInt = 256
@@ -151,8 +171,11 @@ class EngineConfig(Section):
 
 class SamplingConfig(Section):
     temperature: float = Field(default=0.7, ge=0)
+    """Sampling temperature (0: greedy)."""
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """Nucleus sampling: the smallest set of tokens whose probability reaches top_p."""
     max_new_tokens: PositiveInt = 64
+    """Longest answer, in tokens."""
 
 
 class ScorerConfig(Section):
@@ -163,6 +186,8 @@ class ScorerConfig(Section):
     synpo/scoring/."""
 
     kind: Literal["toy", "reward_model", "pairwise", "judge", "yes_no"] = "toy"
+    """toy (the toy world's checker), reward_model (a sequence classifier such as ArmoRM), pairwise (PairRM), judge
+    (an LLM rating 1-10), yes_no (a local causal LM's P(Yes) that the response is good)."""
     path: str | None = None
     """reward_model / pairwise: model directory or hub id; yes_no: a causal LM (directory or GGUF file)."""
     batch_size: PositiveInt = 16
@@ -197,9 +222,13 @@ class ScorerConfig(Section):
 
 class LoraConfig(Section):
     r: PositiveInt = 8
+    """LoRA rank."""
     alpha: PositiveFloat = 16
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
     dropout: Fraction = 0.0
+    """Dropout on the LoRA branch's input."""
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Modules that get adapters: all-linear (every linear layer but the output head) or a list of module names."""
 
 
 class PeriodicConfig(Section):
@@ -224,20 +253,35 @@ class TrainConfig(Section):
     """Options shared by every training stage (prompt generator, improver, policy)."""
 
     adapter: Literal["full", "lora", "periodic_lora"] = "lora"
+    """full (every weight), lora (an adapter on a frozen base), periodic_lora (LoRA folded into the base
+    periodically)."""
     lora: LoraConfig = LoraConfig()
+    """The adapter's shape (lora and periodic_lora)."""
     periodic: PeriodicConfig | None = None
+    """periodic_lora: when the adapter is folded into the base (default: 4 equal stages)."""
     quantization: Literal["4bit", "8bit"] | None = None
+    """QLoRA: load the frozen base in 4bit (NF4) or 8bit (bitsandbytes; adapter lora only)."""
     learning_rate: PositiveFloat | None = None
     """Default by adapter (see `default_learning_rate`)."""
     epochs: PositiveFloat = 1.0
+    """Passes over the stage's data."""
     max_steps: PositiveInt | None = None
+    """Stop after this many optimizer steps (overrides epochs)."""
     batch_size: PositiveInt = 16
+    """Rows (pairs, for preference training) per device per step."""
     gradient_accumulation_steps: PositiveInt = 1
+    """Steps accumulated before an optimizer step: global batch = batch_size x this x processes."""
     warmup_ratio: Fraction = 0.1
+    """Share of the steps the learning rate warms up over."""
     scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after the warm-up."""
     weight_decay: float = Field(default=0.0, ge=0)
+    """AdamW weight decay."""
     max_length: PositiveInt = 512
+    """Tokens per training row, prompt and answer (TRL's max_length: longer rows are truncated; a row whose
+    prompt alone fills it is dropped and counted)."""
     gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
     checkpoint_steps: PositiveInt | None = None
     """Save a resumable Trainer checkpoint every this many steps (a killed stage resumes from it)."""
     accelerate_config: str | None = None
@@ -307,17 +351,21 @@ class PromptGeneratorConfig(Section):
     num_prompts: PositiveInt = 1000
     """Prompts to sample per round (before filtering)."""
     sampling: SamplingConfig = SamplingConfig(temperature=0.7, max_new_tokens=128)
+    """Sampling of G's prompts."""
     max_prompt_chars: PositiveInt = 2000
+    """Drop a generated prompt longer than this many characters."""
     validate_prompts: bool = True
     """Drop prompts the scorer cannot use (the toy checker knows valid tasks)."""
     decontaminate_similarity: Fraction = 0.8
     """Drop a prompt whose normalised text is this similar (rapidfuzz ratio / 100) to an evaluation
     prompt: a near-duplicate (case, punctuation or a word changed; see synpo.decontamination)."""
     decontaminate_ngram: PositiveInt = 13
+    """Word n-gram length of the copied-passage check (decontaminate_threshold)."""
     decontaminate_threshold: Fraction = 0.5
     """Also drop a prompt of at least decontaminate_ngram words when more than this fraction of its
     word n-grams occurs in evaluation prompts (a copied passage)."""
     engine: EngineConfig | None = None
+    """The engine writing prompts (default: the top-level engine)."""
     enabled: bool = True
     """false (an ablation): G is not trained and each round's prompts are drawn from the seed prompts
     instead (num_prompts of them at most, a seeded draw per round, different rounds' draws disjoint
@@ -335,9 +383,11 @@ class ImproverConfig(Section):
     train: TrainConfig = TrainConfig(epochs=3, batch_size=32)
     """As the prompt generator's."""
     seed_sampling: SamplingConfig = SamplingConfig()
+    """Sampling of π_{t-1}'s answers to the seed prompts (the improver's drafts)."""
     sampling: SamplingConfig = SamplingConfig()
     """Sampling of the refinement ỹ ~ R_t(x, y_{t-1})."""
     engine: EngineConfig | None = None
+    """The engine answering seed prompts and refining (default: the top-level engine)."""
     trained: bool = True
     """false (an ablation): no R_t is trained; θ0 itself, prompted with the improver template,
     refines π_{t-1}'s answers (is R_t's training what makes the chosen side better?)."""
@@ -345,11 +395,15 @@ class ImproverConfig(Section):
 
 class ResponsesConfig(Section):
     sampling: SamplingConfig = SamplingConfig()
+    """Sampling of π_{t-1}'s and π_0's answers to the round's prompts."""
     engine: EngineConfig | None = None
+    """The engine answering the round's prompts (default: the top-level engine)."""
 
 
 class PairsConfig(Section):
     strategy: Literal["synpo", "sampling_ranking"] = "synpo"
+    """synpo (chosen: R_t's refinement, rejected: π_0's answer) or sampling_ranking (the best and worst of k samples
+    of π_{t-1}: the paper's baseline)."""
     k: Annotated[int, Field(ge=2)] = 4
     """sampling_ranking: samples of π_{t-1} per prompt; best is chosen, worst rejected."""
     gap: float = 0.2
@@ -358,12 +412,14 @@ class PairsConfig(Section):
     max_repetition: Fraction = 0.5
     """Drop a side whose fraction of repeated n-grams exceeds this."""
     repetition_ngram: PositiveInt = 3
+    """Word n-gram length of the repetition check (max_repetition)."""
     per_round: PositiveInt = 10000
     """New pairs added to D each round."""
 
 
 class EvalConfig(Section):
     suites: list[Literal["toy", "alpaca_eval", "arena_hard", "mt_bench", "ifeval"]] = ["toy"]
+    """Suites evaluated on θ0 and after every round: toy, alpaca_eval, arena_hard, mt_bench, ifeval."""
     limit: PositiveInt | None = None
     """Evaluate a fixed-seed subsample of this many items per suite (quick checks)."""
     round_limit: PositiveInt | None = None
@@ -371,6 +427,7 @@ class EvalConfig(Section):
     every such round); θ0 and the last round evaluate `limit` (None: all). Cheap per-round curves, full
     figures at both ends (e.g. IFEval's 541 prompts take a 135M model tens of minutes on a CPU)."""
     sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=64)
+    """Sampling of the evaluated model's answers (mt_bench uses FastChat's per-category temperatures)."""
     judge: EngineConfig | None = None
     """The judging LLM for alpaca_eval / arena_hard / mt_bench (OpenAI-compatible; kind defaults to openai)."""
     judge_max_tokens: PositiveInt | None = None
@@ -390,6 +447,7 @@ class EvalConfig(Section):
     """Directory holding the evaluation sets (alpaca_eval/, arena_hard/, mt_bench/); default: the
     sets shipped in synpo/evals/data (see synpo/evals/datasets.py for the lookup order)."""
     engine: EngineConfig | None = None
+    """The engine answering the suites (default: the top-level engine)."""
 
     @field_validator("judge", mode="before")
     @classmethod
@@ -432,30 +490,51 @@ class LoggingConfig(Section):
 
 class RuntimeConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where models run: auto (cuda when a GPU is visible), cpu, or cuda (an error without a GPU)."""
     threads: PositiveInt | None = None
     """torch threads per process (None: torch's default)."""
     isolate: Literal["auto", "always", "never"] = "auto"
     """Run heavy stages as child processes: always on GPUs (memory is returned between
     stages), never on a CPU (saves ~10 s of imports per stage). auto picks by device."""
+    gpus: PositiveInt | None = None
+    """The one GPU count of a run: a training stage that names an accelerate_config runs one process
+    per GPU. None: the GPUs visible to the run (CUDA_VISIBLE_DEVICES), else the config file's
+    num_processes (a CPU-only machine). A section's own num_processes overrides it."""
 
 
 class Recipe(Section):
     name: str = "synpo"
+    """The run's name: its default run directory is runs/NAME (default: the recipe file's name)."""
     seed: int = 0
+    """The one seed every sampling and training seed is derived from."""
     rounds: PositiveInt = 3
+    """SynPO rounds; raising it and rerunning adds rounds to a finished run."""
     model: ModelConfig = ModelConfig()
+    """θ0: the SFT checkpoint the loop starts from."""
     data: DataConfig = DataConfig()
+    """The seed set and the text corpus."""
     engine: EngineConfig = EngineConfig()
+    """The generation engine every stage uses unless its section names its own."""
     scorer: ScorerConfig = ScorerConfig()
+    """The reward model's part: scores answers for the improver's data and the pairs."""
     prompt_generator: PromptGeneratorConfig = PromptGeneratorConfig()
+    """G, the self-prompt generator: its training and the prompts it writes each round."""
     improver: ImproverConfig = ImproverConfig()
+    """R_t, the improver: its data (seed rows π_{t-1} gets wrong), its training and its refinements."""
     responses: ResponsesConfig = ResponsesConfig()
+    """π_{t-1}'s and π_0's answers to the round's prompts."""
     pairs: PairsConfig = PairsConfig()
+    """Building the round's preference pairs from the answers and refinements."""
     train: PolicyTrainConfig = PolicyTrainConfig()
+    """The policy θ_t's preference optimisation (SimPO / DPO / SFT control)."""
     eval: EvalConfig = EvalConfig()
+    """Evaluation of θ0 and every θ_t."""
     monitors: MonitorsConfig = MonitorsConfig()
+    """Drift limits checked after every round."""
     logging: LoggingConfig = LoggingConfig()
+    """Trackers the trainers and the loop report to."""
     runtime: RuntimeConfig = RuntimeConfig()
+    """Where and how the run executes (device, threads, isolation, GPUs); in no fingerprint."""
 
     @field_validator("name")
     @classmethod
@@ -489,7 +568,8 @@ NOT_FINGERPRINTED: dict[str, set[str]] = {  # section class -> its fields
     "TrainConfig": {"checkpoint_steps"},
     # raising the tolerance of failed judgments lets a stopped suite finish with its cached verdicts
     "EvalConfig": {"max_failed_judgments"},
-    "RuntimeConfig": {"device", "threads", "isolate"},
+    # runtime.gpus: placement, as the visible GPUs it defaults to (a run moves to another machine)
+    "RuntimeConfig": {"device", "threads", "isolate", "gpus"},
     "LoggingConfig": {"report_to"},
 }
 
@@ -511,13 +591,54 @@ def apply_override(raw: dict, assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(value)
 
 
+def _section_at(path: list[str]) -> type[BaseModel] | None:
+    """The section class at a dotted path of the schema (None past a value)."""
+    import typing
+
+    model: type[BaseModel] | None = Recipe
+    for part in path:
+        field = model.model_fields.get(part) if model else None
+        if field is None:
+            return None
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return model
+
+
+# pydantic's error types in plain words (the value the user gave is appended)
+PLAIN_TYPES = {"int_parsing": "must be a whole number", "int_type": "must be a whole number",
+               "int_from_float": "must be a whole number", "float_parsing": "must be a number",
+               "float_type": "must be a number", "bool_parsing": "must be true or false",
+               "bool_type": "must be true or false", "string_type": "must be text (quote it in YAML)",
+               "list_type": "must be a list, e.g. [a, b]", "dict_type": "must be a mapping of keys (a section)",
+               "model_type": "must be a section: a mapping of its keys, e.g. {key: value}",
+               "model_attributes_type": "must be a section: a mapping of its keys, e.g. {key: value}"}
+
+
 def _format_errors(source: str, error: ValidationError) -> list[str]:
+    import difflib
+
     lines = []
     for e in error.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-after"))
+        path = [str(p) for p in e["loc"] if not str(p).startswith("function-after")]
+        loc = ".".join(path)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see synpo/recipe.py for the schema)"
+            section = _section_at(path[:-1])
+            close = difflib.get_close_matches(path[-1], list(section.model_fields), n=1) if section else []
+            hint = f"did you mean {'.'.join([*path[:-1], close[0]])}?" if close else \
+                "check the spelling; every key is listed in docs/options.md"
+            msg = f"unknown key ({hint})"
+        elif e["type"] in PLAIN_TYPES:
+            given = e.get("input")
+            shown = f"{given!r}" if not isinstance(given, dict | list) else type(given).__name__
+            msg = f"{PLAIN_TYPES[e['type']]}, not {shown[:60]}"
+        elif e["type"] == "value_error" and ": " in msg:
+            # a section's own check names one of its keys first ("judge: required ..."): name it in full
+            head, rest = msg.split(": ", 1)
+            section = _section_at(path)
+            if section is not None and head in section.model_fields:
+                loc, msg = ".".join([*path, head]), rest
         elif e["type"] == "greater_than":
             msg = f"must be > {e['ctx']['gt']}"
         elif e["type"] == "greater_than_equal":
@@ -563,13 +684,21 @@ def missing_files(recipe: Recipe, source: str) -> list[str]:
     local("data.corpus.path", recipe.data.corpus.path, recipe.data.corpus.format)
     if recipe.scorer.kind in ("reward_model", "pairwise", "yes_no"):
         model("scorer.path", recipe.scorer.path)
-    for stage in ("prompt_generator", "improver", "responses", "eval"):
-        python = recipe.engine_for(stage).python
-        if python and not Path(python).exists():
-            problems.append(f"{source}: {stage}.engine.python: file does not exist: {python}")
-        key_env = recipe.engine_for(stage).api_key_env
-        if recipe.engine_for(stage).kind == "openai" and key_env and not os.environ.get(key_env):
-            problems.append(f"{source}: {stage}.engine.api_key_env: the environment variable {key_env} is not set")
+    # each engine once, by the key it was written under: a stage's own section, or the top-level one
+    stages = ("prompt_generator", "improver", "responses", "eval")
+    engines = {f"{s}.engine" if getattr(recipe, s).engine is not None else "engine": recipe.engine_for(s)
+               for s in stages}
+    judged = [s for s in recipe.eval.suites if s in ("arena_hard", "mt_bench")
+              or (s == "alpaca_eval" and recipe.eval.alpaca_eval_backend == "builtin")]
+    if recipe.eval.judge is not None and judged:
+        engines["eval.judge"] = recipe.eval.judge
+    if recipe.scorer.kind == "judge" and recipe.scorer.judge is not None:
+        engines["scorer.judge"] = recipe.scorer.judge
+    for key, engine in engines.items():
+        if engine.python and not Path(engine.python).exists():
+            problems.append(f"{source}: {key}.python: file does not exist: {engine.python}")
+        if engine.kind == "openai" and engine.api_key_env and not os.environ.get(engine.api_key_env):
+            problems.append(f"{source}: {key}.api_key_env: the environment variable {engine.api_key_env} is not set")
     for field in ("prompt_generator.train", "improver.train", "train"):
         section = recipe.train if field == "train" else getattr(recipe, field.split(".")[0]).train
         if section.accelerate_config and not Path(resolve_path(section.accelerate_config)).exists():
@@ -584,9 +713,40 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+# Path fields of a recipe file: always files (resolved against the file's folder), and those that
+# may also be a Hub id or the name of a shipped prompt (resolved only when the file's folder has it)
+FILE_FIELDS = [("engine", "python"), *((s, "engine", "python") for s in ("prompt_generator", "improver", "responses",
+                                                                          "eval")),
+               ("train", "accelerate_config"), ("prompt_generator", "train", "accelerate_config"),
+               ("improver", "train", "accelerate_config"), ("eval", "data_dir")]
+LOCAL_OR_NAME_FIELDS = [("model", "path"), ("model", "chat_template"), ("scorer", "path"), ("scorer", "template"),
+                        ("data", "seed", "path"), ("data", "corpus", "path")]
+
+
+def _anchor_paths(raw: dict, folder: Path) -> dict:
+    """The relative paths of one recipe file made relative to its folder (see the module docstring)."""
+    import os.path
+
+    for fields, always in ((FILE_FIELDS, True), (LOCAL_OR_NAME_FIELDS, False)):
+        for keys in fields:
+            node = raw
+            for k in keys[:-1]:
+                node = node.get(k) if isinstance(node, dict) else None
+            if not isinstance(node, dict) or not isinstance(node.get(keys[-1]), str):
+                continue
+            value = node[keys[-1]]
+            if not value or value.startswith("toy:") or "{{" in value or "{%" in value or Path(value).is_absolute():
+                continue
+            anchored = os.path.normpath(folder / Path(value).expanduser())
+            if always or Path(anchored).exists():
+                node[keys[-1]] = anchored
+    return raw
+
+
 def _with_base(raw: dict, path: Path, depth: int = 0) -> dict:
     """`base: OTHER.yaml` (relative to this file): OTHER with this file's keys laid over it, section by
     section (lists and values replace). The name, and so the run directory, stays this file's own."""
+    _anchor_paths(raw, path.parent.absolute())
     if "base" not in raw:
         return raw
     base_path = path.parent / str(raw.pop("base"))

@@ -6,7 +6,8 @@ same place, as the job RUN/loop with the round as the step: each suite's headlin
 figures (synpo.monitors), the data made (prompts and pairs kept, D's size) and the seconds per stage.
   tensorboard: event files in RUN_DIR/tracking/tensorboard/loop (the stages' beside it);
   wandb: a run named RUN/loop in the group RUN (the project from WANDB_PROJECT, default "synpo");
-  mlflow: a run named RUN/loop in the experiment RUN (MLFLOW_TRACKING_URI, default RUN_DIR/tracking/mlruns).
+  mlflow: a run named RUN/loop in the experiment RUN (MLFLOW_TRACKING_URI, default the SQLite store
+  RUN_DIR/tracking/mlflow.db).
 A round is sent once: RUN_DIR/tracking/loop_logged.json remembers what was sent under which
 fingerprint, so a resumed run does not send a round twice (a re-run round is sent again).
 """
@@ -38,6 +39,13 @@ class LoopTracker:
         self.run = run_dir.resolve().name
         self.report_to = list(report_to)
         self.sent_path = self.dir / "loop_logged.json"
+        if "wandb" in self.report_to:
+            # wandb reads its environment once, at the first wandb.init of the process: set here, before the
+            # loop's first round, what the trainers' runs (in this process on a CPU) must share with it
+            self.dir.mkdir(parents=True, exist_ok=True)
+            os.environ.setdefault("WANDB_DIR", str(self.dir))
+            os.environ.setdefault("WANDB_PROJECT", "synpo")
+            os.environ["WANDB_RUN_GROUP"] = self.run
 
     def log_round(self, t: int, fp: str, values: dict[str, float]) -> None:
         """Send round t's figures (step t) unless they were sent under the same fingerprint."""
@@ -71,13 +79,15 @@ class LoopTracker:
 
         run = wandb.init(project=os.environ.get("WANDB_PROJECT", "synpo"), group=self.run, name=f"{self.run}/loop",
                          id=f"{self.run}-loop".replace("/", "-"), resume="allow", dir=str(self.dir), reinit=True)
-        run.log({**values, "round": t})
+        run.log({**values, "round": t}, step=t)  # the round as the step: an offline run synced later keeps each
         run.finish()
 
     def _mlflow(self, name: str, t: int, values: dict) -> None:
         import mlflow
 
-        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", (self.dir / "mlruns").resolve().as_uri()))
+        from synpo.training.trainers import mlflow_store
+
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", mlflow_store(self.dir)))
         mlflow.set_experiment(self.run)
         found = mlflow.search_runs(filter_string=f"tags.mlflow.runName = '{self.run}/loop'", output_format="list")
         with mlflow.start_run(run_id=found[0].info.run_id if found else None, run_name=f"{self.run}/loop"):

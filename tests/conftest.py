@@ -45,12 +45,41 @@ def child_env() -> dict:
             "TRL_EXPERIMENTAL_SILENCE": "1"}
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (pyproject's addopts): one worker a core, at most 4. Each worker's tests run the tiny
+    model at one torch thread, and more workers than cores only make every timing-based test noisier."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """A test that reads the mini run waits for it (a minute on 2 cores): slow, like the loops."""
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        if "mini_run" in item.fixturenames or (spec is not None and spec.params.get("state") == "finished"):
+            item.add_marker(pytest.mark.slow)
+
+
+def shared_dir(tmp_path_factory, name: str) -> Path:
+    """A folder every xdist worker of this session sees (the basetemp's parent under xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    return root / name
+
+
 @pytest.fixture(scope="session")
 def mini_run(tmp_path_factory) -> Path:
-    """One uninterrupted mini run, shared by the tests that compare against it."""
-    run_dir = tmp_path_factory.mktemp("mini") / "run"
-    proc = run_iterate(run_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    """One uninterrupted mini run, shared by the tests that compare against it (read-only: a test that
+    changes a run copies it first). Made once per session, whichever xdist worker asks first."""
+    from filelock import FileLock
+
+    root = shared_dir(tmp_path_factory, "mini")
+    root.mkdir(parents=True, exist_ok=True)
+    run_dir, done = root / "run", root / "finished"
+    with FileLock(str(root / ".lock")):
+        if not done.exists():
+            proc = run_iterate(run_dir)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            done.touch()
     return run_dir
 
 

@@ -19,34 +19,81 @@ from pathlib import Path
 
 RM_TEMPLATE = ("{% for m in messages %}{{ '### ' + m['role'] + ':\\n' + m['content'] + eos_token }}"
                "{% endfor %}")
+ARMO_HEADER = "### assistant:\n"  # ArmoRM gates on the tokens of its template's assistant header
 
+# ArmoRM's modeling_custom.py (RLHFlow/ArmoRM-Llama3-8B-v0.1), shortened but with the same module
+# imports, the same decorator on forward, the same config attributes read and the same backbone call
+# (past_key_values=, output_attentions=, output_hidden_states=, return_dict=, outputs indexed [0]):
+# those are what a transformers release can break. The gating token pattern is ArmoRM's assistant
+# header as this tokenizer encodes it (written in by build_armo_like), searched for as ArmoRM does.
 ARMO_CODE = '''
 from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint
 from transformers import LlamaModel, LlamaPreTrainedModel
+from transformers.models.llama.modeling_llama import LLAMA_INPUTS_DOCSTRING
 from transformers.utils import ModelOutput
+from transformers.utils import add_start_docstrings_to_model_forward
+
+token_pattern = TOKEN_PATTERN
+
+
+def find_token_for_gating(lst):
+    for j in range(len(lst) - len(token_pattern), -1, -1):
+        if lst[j:j + len(token_pattern)] == token_pattern:
+            return j
+    raise ValueError("Token pattern not found in the list.")
 
 
 @dataclass
 class RewardOutput(ModelOutput):
-    rewards: torch.FloatTensor | None = None
-    score: torch.FloatTensor | None = None
+    rewards: torch.FloatTensor = None
+    hidden_state: Optional[Tuple[torch.FloatTensor, ...]] = None
+    gating_output: Optional[torch.FloatTensor] = None
+    score: Optional[torch.FloatTensor] = None
 
 
 class TinyRewardModelWithGating(LlamaPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
         self.model = LlamaModel(config)
-        self.regression_layer = torch.nn.Linear(config.hidden_size, config.num_objectives, bias=False)
+        self.num_objectives = config.to_dict().get("num_objectives", 19)
+        self.regression_layer = nn.Linear(config.hidden_size, self.num_objectives, bias=False)
         self.post_init()
+        eye = torch.zeros(self.num_objectives, self.num_objectives)  # ArmoRM: no torch.eye in bf16
+        eye[range(self.num_objectives), range(self.num_objectives)] = 1.0
+        self.reward_transform_matrix = nn.Parameter(eye)
+        self.reward_transform_matrix.requires_grad = False
+        self.gating = nn.Linear(config.hidden_size, self.num_objectives)
 
-    def forward(self, input_ids=None, attention_mask=None, **kwargs):
-        hidden = self.model(input_ids, attention_mask=attention_mask).last_hidden_state
-        # ArmoRM's convention: the last token is the one before the first pad (right padding)
-        last = (torch.eq(input_ids, self.config.pad_token_id).int().argmax(-1) - 1) % input_ids.shape[-1]
-        rewards = self.regression_layer(hidden[torch.arange(hidden.shape[0]), last])
-        return RewardOutput(rewards=rewards, score=rewards.mean(-1, keepdim=True))
+    @add_start_docstrings_to_model_forward(LLAMA_INPUTS_DOCSTRING)
+    def forward(self, input_ids: torch.LongTensor = None, attention_mask: Optional[torch.Tensor] = None,
+                position_ids: Optional[torch.LongTensor] = None,
+                past_key_values: Optional[List[torch.FloatTensor]] = None,
+                inputs_embeds: Optional[torch.FloatTensor] = None, labels: Optional[torch.FloatTensor] = None,
+                use_cache: Optional[bool] = None, output_attentions: Optional[bool] = None,
+                output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None):
+        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        transformer_outputs = self.model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                         past_key_values=past_key_values, inputs_embeds=inputs_embeds,
+                                         use_cache=use_cache, output_attentions=output_attentions,
+                                         output_hidden_states=output_hidden_states, return_dict=return_dict)
+        tokens_hidden_states = transformer_outputs[0]
+        batch_size = input_ids.shape[0]
+        # the last token is the one before the first pad (right padding)
+        sequence_lengths = torch.eq(input_ids, self.config.pad_token_id).int().argmax(-1) - 1
+        sequence_lengths = sequence_lengths % input_ids.shape[-1]
+        rows = torch.arange(batch_size, device=tokens_hidden_states.device)
+        hidden_states = tokens_hidden_states[rows, sequence_lengths]
+        rewards = self.regression_layer(hidden_states)
+        gating_token_positions = [find_token_for_gating(ids.tolist()) for ids in input_ids]
+        gating_output = F.softmax(self.gating(tokens_hidden_states[rows, gating_token_positions, :]), dim=1)
+        score = torch.sum(gating_output * (rewards @ self.reward_transform_matrix), dim=1)
+        return RewardOutput(rewards=rewards, hidden_state=hidden_states, gating_output=gating_output, score=score)
 '''
 
 
@@ -87,12 +134,16 @@ def build_armo_like(out: Path, seed: int = 0) -> Path:
 
     import torch
 
+    from synpo.scoring.reward_model import remote_code_shims
+
     out.mkdir(parents=True, exist_ok=True)
-    (out / "modeling_custom.py").write_text(ARMO_CODE)
+    tok = _tokenizer()
+    header = tok(ARMO_HEADER, add_special_tokens=False)["input_ids"]
+    (out / "modeling_custom.py").write_text(ARMO_CODE.replace("TOKEN_PATTERN", repr(header)))
     spec = importlib.util.spec_from_file_location("tiny_armo_modeling", out / "modeling_custom.py")
     module = importlib.util.module_from_spec(spec)
+    remote_code_shims()
     spec.loader.exec_module(module)
-    tok = _tokenizer()
     torch.manual_seed(seed)
     config = _config(tok, num_objectives=3)
     model = module.TinyRewardModelWithGating(config)

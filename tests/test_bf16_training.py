@@ -100,3 +100,18 @@ def test_folds_without_the_carry_would_lose_the_update(policy):
     naive = weight.detach() + delta.to(torch.bfloat16)
     lost = float((naive == weight.detach()).float().mean())
     assert lost > 0.3
+
+
+def test_the_fold_carry_costs_two_bytes_a_weight(policy):
+    """fp32 carries were 4 bytes a weight on every rank (~28 GB of host RAM for Llama-3-8B): int16."""
+    model = _bf16_peft(policy)
+    for _, layer in lora_layers(model):
+        b = layer.lora_B["default"].weight
+        b.data = (torch.randn(b.shape, generator=torch.Generator().manual_seed(2)) * 3e-3).to(b.dtype)
+    fold_lora(model, keep=0.0, seed=0)
+    from synpo.training.periodic_lora import RESIDUAL
+
+    for _, layer in lora_layers(model):
+        carry = getattr(layer, RESIDUAL)
+        weight = layer.get_base_layer().weight
+        assert carry.shape == weight.shape and carry.element_size() == 2 and carry.device.type == "cpu"

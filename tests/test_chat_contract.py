@@ -191,7 +191,7 @@ def test_training_ids_are_the_chat_template_ids(tmp_path, case, kind, loss):
     tokenizer = _tokenizer(case)
     train = {"loss": loss, "beta": 0.1} if loss else {}
     trainer, _, dropped = build_trainer(_job(tmp_path, case, kind, _rows(kind), **train))
-    assert dropped == 1 and len(trainer.train_dataset) == 1  # the long prompt, counted
+    assert dropped["long_prompts"] == 1 and len(trainer.train_dataset) == 1  # the long prompt, counted
     row = trainer.train_dataset[0]
     prompt_ids = render_chat(tokenizer, PROMPT)
     end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN[name])
@@ -230,3 +230,104 @@ def test_an_over_long_prompt_is_dropped_counted_and_the_loss_is_finite(tmp_path,
     metrics = train(job)
     assert metrics["dropped_long_prompts"] == 1 and metrics["train_rows"] == 3
     assert math.isfinite(metrics["train_loss"])  # the mean over the steps: one NaN step makes it NaN
+
+
+@pytest.fixture
+def mistral_architecture(built, tmp_path):
+    """A `model_type: mistral` checkpoint (as zephyr-7b-sft-full's) over Mistral v0.1's vocabulary.
+    transformers 5 imports mistral-common for such a tokenizer whenever mistral-common is installed."""
+    if "mistral" not in built:
+        pytest.skip("mistral-common is not installed (the chat-contract extra)")
+    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(built["mistral"]))
+    torch.manual_seed(0)
+    model = MistralForCausalLM(MistralConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                             eos_token_id=tokenizer.eos_token_id, **TINY))
+    model.save_pretrained(tmp_path / "mistral")
+    tokenizer.save_pretrained(tmp_path / "mistral")
+    return tmp_path / "mistral"
+
+
+def test_a_mistral_architecture_tokenizer_loads_and_renders_one_bos(mistral_architecture):
+    import json
+
+    assert json.loads((mistral_architecture / "config.json").read_text())["model_type"] == "mistral"
+    tokenizer = load_tokenizer(str(mistral_architecture))
+    ids = render_chat(tokenizer, PROMPT)
+    assert ids[0] == tokenizer.bos_token_id and _bos_count(tokenizer, ids) == 1
+    assert tokenizer.decode(ids).endswith(GENERATION_PROMPT["mistral"])
+
+
+def test_a_broken_optional_package_is_named_in_one_line(mistral_architecture, monkeypatch):
+    """mistral-common installed without its dependencies (as `pip install --no-deps` leaves it): the
+    error names the package and the fix instead of a traceback from inside transformers."""
+    import sys
+
+    from synpo.errors import UserError
+
+    for module in [m for m in sys.modules if m.startswith(("mistral_common", "transformers.integrations.mistral"))]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setitem(sys.modules, "jsonschema", None)  # one of the dependencies --no-deps leaves out
+    with pytest.raises(UserError, match=r"mistral-common is installed but does not import .*jsonschema.*"
+                                        r"pip install mistral-common"):
+        load_tokenizer(str(mistral_architecture))
+
+
+# alignment-handbook's chat template, the one alignment-handbook/zephyr-7b-sft-full ships: no bos_token.
+ZEPHYR_TEMPLATE = (
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] "
+    "+ eos_token }}\n{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}"
+    "\n{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n"
+    "{% endif %}\n{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
+)
+
+
+@pytest.fixture(params=["tiny", "mistral"])
+def zephyr_like(request, built, tmp_path):
+    """A model whose tokenizer adds a BOS and whose template writes none, as zephyr-7b-sft-full: over the
+    tiny vocabulary (always) and over Mistral v0.1's on a `model_type: mistral` model (chat-contract extra)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from synpo.toy import TINY_MODEL
+
+    if request.param == "tiny":
+        shutil.copytree(TINY_MODEL, tmp_path / "zephyr")
+    else:
+        mistral = request.getfixturevalue("mistral_architecture")
+        shutil.copytree(mistral, tmp_path / "zephyr")
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "zephyr"))
+    tokenizer.chat_template = ZEPHYR_TEMPLATE
+    tokenizer.save_pretrained(tmp_path / "zephyr")
+    return tmp_path / "zephyr"
+
+
+def test_a_template_without_the_bos_its_tokenizer_adds_gets_it_once(zephyr_like, tmp_path):
+    from synpo.models import effective_chat_template
+    from synpo.training.trainers import build_trainer
+
+    tokenizer = load_tokenizer(str(zephyr_like))
+    bos = tokenizer.bos_token_id
+    assert tokenizer("a")["input_ids"][0] == bos  # the tokenizer adds one; the template alone writes none
+    ids = render_chat(tokenizer, PROMPT)  # the hf engine
+    assert ids[0] == bos and _bos_count(tokenizer, ids) == 1
+    assert tokenizer.decode(ids[1:]).startswith("<|user|>\n" + PROMPT[0]["content"])
+    # the vLLM worker loads the tokenizer itself: it is handed the completed template, which stays once
+    # completed through a save and a reload (a trained model's directory)
+    template = effective_chat_template(str(zephyr_like))
+    assert template == "{{ bos_token }}" + ZEPHYR_TEMPLATE
+    import shutil
+
+    shutil.copytree(zephyr_like, tmp_path / "saved")
+    tokenizer.save_pretrained(tmp_path / "saved")
+    assert load_tokenizer(str(tmp_path / "saved")).chat_template == template
+    for kind, loss in (("sft", None), ("preference", "simpo"), ("preference", "dpo")):
+        job = training_job(tmp_path, zephyr_like, kind, _rows(kind)[:1], name=f"{kind}-{loss}", adapter="full",
+                           max_length=MAX_LENGTH, batch_size=1, **({"loss": loss, "beta": 0.1} if loss else {}))
+        trainer, _, _ = build_trainer(job)
+        row = trainer.train_dataset[0]
+        trained = {"sft": row.get("input_ids"), "dpo": row.get("prompt_ids"),
+                   "simpo": row.get("chosen_input_ids")}[loss or "sft"]
+        assert trained[0] == bos and _bos_count(tokenizer, trained) == 1, (kind, loss)

@@ -115,3 +115,17 @@ def test_synpo_decontaminate_bad_input_is_one_line_and_writes_nothing(tmp_path, 
                  "--field", "question"]) == 2
     assert "unknown suite 'nope'" in capsys.readouterr().err and not out.exists()
     assert main(["decontaminate", str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
+
+
+def test_synpo_decontaminate_runs_with_its_defaults_and_names_its_own_option(tmp_path, capsys):
+    arena = suite_prompts("arena_hard", None)[0]
+    source = tmp_path / "rows.jsonl"
+    source.write_text(json.dumps({"prompt": arena}) + "\n" + json.dumps({"prompt": "Name three rivers."}) + "\n")
+    out = tmp_path / "clean.jsonl"
+    assert main(["decontaminate", str(source), "--out", str(out)]) == 0  # no AlpacaEval set: the shipped suites
+    printed = capsys.readouterr().out
+    assert "kept 1, dropped 1" in printed and "arena_hard, mt_bench" in printed
+    assert main(["decontaminate", str(source), "--out", str(tmp_path / "x.jsonl"), "--suites", "alpaca_eval"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --data-dir: ") and "give --data-dir DATA_DIR" in err[0]
+    assert "eval.data_dir" not in err[0]

@@ -71,3 +71,24 @@ def test_ci_runs_the_readme_install_command_then_its_test_command():
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
     assert install in ci and test in ci
     assert ci.index(install) < ci.index(test)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_path_of_one_machine_in_the_docs(doc):
+    found = re.findall(r"(?<![\w.~])/(?:work|home|Users|root|mnt|scratch)/[\w./-]+", doc.read_text())
+    assert found == [], f"{doc.name}: paths of one machine: {found}"
+
+
+def test_every_row_of_the_readme_table_is_the_command_with_its_sets():
+    """Each row of the README's results table names the --set options that make its run from the
+    main command; they load, and the SimPO row's are the β and γ docs/ablations.md measured."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("| run | round 0 |", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines()[2:] if line.startswith("|")]
+    assert len(rows) >= 5
+    for row in rows[1:]:
+        sets = re.findall(r"--set ([\w.]+=[\w.]+)", row)
+        assert sets, row
+        recipe = load_recipe(ROOT / "recipes" / "tiny-cpu.yaml", sets)
+        if "SimPO" in row:
+            assert (recipe.train.loss, recipe.train.beta, recipe.train.gamma) == ("simpo", 2.0, 1.0)

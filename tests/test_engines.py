@@ -139,6 +139,7 @@ def test_hf_rendering_matches_the_trainers_with_one_bos(hf, tmp_path):
         assert prompt_ids == ids, trainer
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_renders_the_same_token_ids(hf, vllm_engine):
     for messages in (CONVERSATION, [{"role": "user", "content": "What is 3 plus 4?"}]):
@@ -160,6 +161,7 @@ def test_vllm_without_a_vllm_environment_is_a_clear_user_error():
         make_engine(EngineConfig(kind="vllm", python=sys.executable), TINY_MODEL)
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_greedy_equals_hf(hf, vllm_engine):
     assert vllm_engine.mode == "child"
@@ -171,6 +173,7 @@ def test_vllm_greedy_equals_hf(hf, vllm_engine):
     assert got == expected  # texts, finish reasons and token counts
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_sampling_n_seed_stop_and_length(vllm_engine):
     requests = benchmark_requests(8)
@@ -187,6 +190,32 @@ def test_vllm_sampling_n_seed_stop_and_length(vllm_engine):
     assert "length" in {x.finish_reasons[0] for x in short} and all(x.num_tokens[0] <= 2 for x in short)
 
 
+def test_context_budgets_cap_answers_and_skip_prompts_that_fill_the_context():
+    from synpo.engines.vllm_worker import context_budgets
+
+    assert context_budgets([10, 490, 500, 512, 600], 24, 512) == [24, 22, 12, 0, 0]
+    assert context_budgets([10, 600], 24, None) == [24, 24]
+
+
+@pytest.mark.slow
+@needs_vllm
+def test_vllm_one_over_long_prompt_does_not_fail_its_shard(vllm_engine, tmp_path):
+    """The tiny model's context is 512 tokens: a 600-token prompt is not sent to vLLM (which would
+    reject the whole batch, on every rerun), a ~500-token one has its answer capped, both counted."""
+    long_text = " ".join(["red blue green"] * 400)
+    requests = benchmark_requests(3)
+    requests[1] = Request("too-long", [{"role": "user", "content": long_text}])
+    near = next(k for k in range(120, 200) if len(vllm_engine.render(Request("x", [{"role": "user", "content":
+                " ".join(["red blue green"] * k)}]))) in range(495, 505))
+    requests.append(Request("near", [{"role": "user", "content": " ".join(["red blue green"] * near)}]))
+    out = generate_sharded(vllm_engine, requests, Sampling(max_new_tokens=24), tmp_path / "shards", shard_size=8)
+    assert [c.id for c in out] == [r.id for r in requests]
+    assert out[1].finish_reasons == ["prompt_too_long"] and out[1].texts == [""]
+    assert all(c.finish_reasons[0] != "prompt_too_long" for c in out[:1] + out[2:])
+    assert out[3].num_tokens[0] <= 512 - len(vllm_engine.render(requests[3]))
+
+
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_stop_strings_match_hf(hf, vllm_engine):
     requests = benchmark_requests(24)
@@ -223,6 +252,7 @@ engine.close()
 """
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_in_process_in_the_vllm_venv_serves_a_lora_adapter_like_hf_peft(hf, tmp_path):
     """synpo imported inside the vLLM venv (not installed there: PYTHONPATH) runs vLLM in-process;
@@ -270,6 +300,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_worker_dies_with_its_parent():
     parent = subprocess.Popen([sys.executable, "-c", ORPHAN, str(TINY_MODEL), vllm_python()],
@@ -361,11 +392,12 @@ def test_recipe_chat_template_overrides_the_tokenizers_in_every_local_engine(tmp
                                                     add_generation_prompt=True)
     finally:
         engine.close()
-    assert text == "<<hi>>ANSWER:"
+    assert text == "<s><<hi>>ANSWER:"  # the recipe's template, with the BOS its tokenizer adds (written once)
     plain = HFEngine(str(TINY_MODEL), batch_size=2)
     assert "<<hi>>" not in plain.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_recipe_chat_template_reaches_the_vllm_worker(tmp_path):
     template = ("{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}"
@@ -376,5 +408,7 @@ def test_recipe_chat_template_reaches_the_vllm_worker(tmp_path):
         ids = engine.render(Request("t", [{"role": "user", "content": "hi"}]))
     finally:
         engine.close()
-    tokenizer = HFEngine(str(TINY_MODEL), batch_size=2).tokenizer
-    assert tokenizer.decode(ids) == "<<hi>>ANSWER:"
+    hf = HFEngine(str(TINY_MODEL), batch_size=2, chat_template=template)
+    # the template writes no BOS and the tokenizer adds one: both engines render it once, in front
+    assert ids == hf.render(Request("t", [{"role": "user", "content": "hi"}]))
+    assert hf.tokenizer.decode(ids) == "<s><<hi>>ANSWER:"

@@ -181,6 +181,7 @@ def _change(base: str, path: str, value, annotation) -> Recipe | str | None:
     return error
 
 
+@pytest.mark.slow
 def test_every_field_reaches_exactly_the_stages_that_read_it():
     reached: dict[str, bool] = {}
     owners: dict[str, type] = {}
@@ -248,6 +249,7 @@ def finished_run(tmp_path, monkeypatch):
     return base, tmp_path / "base", seed_rows, ran
 
 
+@pytest.mark.slow
 def test_resuming_under_a_changed_field_reruns_exactly_those_stages(finished_run, tmp_path):
     base, run_dir, seed_rows, ran = finished_run
     problems = []

@@ -282,22 +282,54 @@ def test_mt_bench_math_questions_are_graded_against_the_reference():
 # ---- a real model as the judge: transformers serve ------------------------------------------------------
 
 
+def judge_errors(record) -> list[str]:
+    """The `error` of every judgment in a suite's record, however deep the suite nests them."""
+    if isinstance(record, list):
+        return [e for r in record for e in judge_errors(r)]
+    if not isinstance(record, dict):
+        return []
+    own = [record["error"]] if record.get("error") else []
+    return own + [e for k, v in record.items() if k != "error" for e in judge_errors(v)]
+
+
+def long_context_copy(tmp_path) -> Path:
+    """The tiny model with a 4096-token context (RoPE reads any length): the judges' prompts are
+    1.5-2k tokens and transformers serve refuses a prompt longer than the model's context."""
+    import shutil
+
+    judge = tmp_path / "tiny-judge-4k"
+    shutil.copytree(TINY_MODEL, judge)
+    config = json.loads((judge / "config.json").read_text())
+    (judge / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 4096}))
+    return judge
+
+
 @pytest.mark.slow  # starting the server takes 15-60 s on a busy 2-core machine
 def test_tiny_model_served_by_transformers_as_the_judge(tmp_path):
     """Every suite against `transformers serve` running the tiny model: its verdicts are mostly
-    unreadable, and every one of them is counted (ok + unparseable = judgments, none failed)."""
+    unreadable, and every one of them is counted (ok + unparseable = judgments, none failed). A judge
+    whose context cannot hold the prompt is refused by the server, and counted as failed with its reason."""
     from synpo.engines.local_server import LocalServer
 
+    judge = long_context_copy(tmp_path)
     with LocalServer(log_path=tmp_path / "serve.log") as server:
         for suite, judgments in [("alpaca_eval", 1), ("arena_hard", 2), ("mt_bench", 2)]:
             recipe = recipe_for(suite, server.base_url, tmp_path, "eval.limit=1", "eval.judge_max_tokens=12",
                                 "eval.max_failed_judgments=1.0",  # unreadable verdicts are expected here
-                                judge_model=str(TINY_MODEL), timeout=120)
+                                judge_model=str(judge), timeout=120)
             metrics, out = evaluate(recipe, suite, tmp_path)
             assert metrics["judge_judgments"] == judgments and metrics["judge_failed"] == 0
             assert metrics["judge_ok"] + metrics["judge_unparseable"] == judgments
             assert metrics["judge_requests"] >= judgments
         assert server.requests_answered() >= 5
+
+        short = recipe_for("alpaca_eval", server.base_url, tmp_path / "short", "eval.limit=1",
+                           "eval.judge_max_tokens=12", "eval.max_failed_judgments=1.0",
+                           judge_model=str(TINY_MODEL), timeout=120)  # 512 tokens: the prompt has ~2000
+        metrics, out = evaluate(short, "alpaca_eval", tmp_path / "short")
+        assert metrics["judge_failed"] == 1 and metrics["judge_errors"] == {"RequestRejected": 1}
+        (error,) = [json.loads(line)["error"] for line in (out / "annotations.jsonl").open()]
+        assert "HTTP 400" in error and "512" in error
 
 
 # ---- alpaca_eval's official backend ------------------------------------------------------------------

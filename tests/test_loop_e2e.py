@@ -93,6 +93,7 @@ def _temporaries(run_dir: Path) -> list[Path]:
     return [*run_dir.rglob(".*.tmp"), *run_dir.rglob(".*.old"), *(run_dir / ".work").glob("*")]
 
 
+@pytest.mark.slow
 def test_sigkill_at_several_moments_then_resume(tmp_path):
     """SIGKILL in generation, between two stages, while D is written and in policy training, each
     resumed by the next run; the last run finishes. Its rows, D and metrics equal an uninterrupted
@@ -131,6 +132,7 @@ def test_sigkill_at_several_moments_then_resume(tmp_path):
     assert _temporaries(run_dir) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["sampling_ranking"])
 def test_sampling_ranking_baseline_runs(tmp_path, strategy):
     proc = run_iterate(tmp_path / "sr", f"pairs.strategy={strategy}", "pairs.k=3")

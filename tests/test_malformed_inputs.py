@@ -11,9 +11,11 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from judge_server import ScriptedJudge
 
 from synpo.iterate import main
@@ -135,6 +137,9 @@ CASES = [
     # the run directory
     ("run dir is a file", {"run.txt": b"x"}, ["--run-dir={d}/run.txt"], "is a file"),
 ]
+if not torch.cuda.is_available():  # a CPU-only machine: a recipe's cuda device is a promise it cannot keep
+    CASES.append(("cuda without a GPU", {}, ["runtime.device=cuda"], "runtime.device: cuda, but torch sees no GPU"))
+
 
 # judge endpoints that answer the test question with a fault on every attempt
 JUDGE_FAULTS = [("judge replies not JSON", "not_json"), ("judge replies with no choices", "empty_choices"),
@@ -179,13 +184,14 @@ def test_a_judge_that_cannot_answer_stops_the_run_before_it_starts(name, fault, 
     run_dir = tmp_path / "run" if state == "new" else request.getfixturevalue("finished_run")
     before = tree_hash(run_dir)
     with ScriptedJudge(fault=lambda messages, attempt: fault) as judge:
-        judge_cfg = (f"{{base_url: '{judge.base_url}', model: j, max_retries: 1, retry_backoff: 0.01, timeout: 5, "
-                     f"cache_dir: '{tmp_path / 'cache'}'}}")
+        # the engine's default retries (6, backoff from 1 s: about 40 s) are not spent on the test question
+        judge_cfg = f"{{base_url: '{judge.base_url}', model: j, timeout: 5, cache_dir: '{tmp_path / 'cache'}'}}"
+        started = time.monotonic()
         code, err = run_main(tmp_path, run_dir, {}, ["eval.suites=[toy,arena_hard]", f"eval.judge={judge_cfg}"],
                              capsys)
-        assert judge.faults[fault] == 2  # the test question, and its one retry
-    check(code, err, "eval.judge: the judge at")
-    assert "does not answer a test question" in err and "gave up after 2 attempts" in err
+        assert judge.faults[fault] == 1 and time.monotonic() - started < 30  # one question, no retry
+    check(code, err, "eval.judge.base_url: the judge at")
+    assert "does not answer a test question" in err and "check the URL" in err
     assert tree_hash(run_dir) == before
 
 
@@ -210,3 +216,24 @@ def test_the_process_exits_2_with_one_line(tmp_path):
         f"error: {tmp_path / 'seed.jsonl'}:1: field 'prompt' is a number (1), not text; set data.seed.prompt_field "
         "to a text field (a dotted path such as instances.0.output reaches into nested ones)"]
     assert not (tmp_path / "run").exists()
+
+
+MISSING_PACKAGES = [
+    ("vllm not installed", "vllm", ["engine.kind=vllm"], "engine.kind vllm: vllm is not installed"),
+    ("vllm python without vllm", "vllm", ["improver.engine={kind: vllm, python: '" + sys.executable + "'}"],
+     "improver.engine.python: " + sys.executable + " cannot import vllm"),
+    ("wandb not installed", "wandb", ["logging.report_to=[wandb]"], "logging.report_to: wandb needs the package"),
+    ("mlflow not installed", "mlflow", ["logging.report_to=[tensorboard,mlflow]"], "mlflow needs the package"),
+]
+
+
+@pytest.mark.parametrize("state", ["new", "finished"])
+@pytest.mark.parametrize("name,package,overrides,fragment", MISSING_PACKAGES, ids=[c[0] for c in MISSING_PACKAGES])
+def test_a_missing_engine_or_tracker_package_stops_before_anything_is_written(name, package, overrides, fragment, state,
+                                                                              tmp_path, request, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, package, None)  # importlib.util.find_spec(package) is None: not installed
+    run_dir = tmp_path / "run" if state == "new" else request.getfixturevalue("finished_run")
+    before = tree_hash(run_dir)
+    code, err = run_main(tmp_path, run_dir, {}, overrides, capsys)
+    check(code, err, fragment)
+    assert tree_hash(run_dir) == before

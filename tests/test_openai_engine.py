@@ -298,6 +298,7 @@ def kill_when_cached(server, engine, count: int) -> int:
     return len(engine.cache)
 
 
+@pytest.mark.slow
 def test_server_killed_mid_stage_then_a_rerun_sends_only_unfinished_requests(live_server, tmp_path, hf_greedy):
     requests = benchmark(96)
     engine = served(live_server, tmp_path, concurrency=2, max_retries=1, retry_backoff=0.05)
@@ -320,6 +321,7 @@ def test_server_killed_mid_stage_then_a_rerun_sends_only_unfinished_requests(liv
     assert out == [hf_greedy[r.id] for r in requests]
 
 
+@pytest.mark.slow
 def test_server_restarted_while_the_engine_retries_and_the_stage_completes(live_server, tmp_path, hf_greedy):
     requests = benchmark(96)
     engine = served(live_server, tmp_path, concurrency=2, max_retries=10, retry_backoff=0.25)
@@ -336,6 +338,7 @@ def test_server_restarted_while_the_engine_retries_and_the_stage_completes(live_
     assert live_server.requests_answered() - before <= 96 - at_kill + 2  # + the (at most 2) in flight at the kill
 
 
+@pytest.mark.slow
 def test_tiny_loop_with_responses_served_by_transformers_serve(live_server, tmp_path):
     run_dir = tmp_path / "run"
     before = live_server.requests_answered()

@@ -82,3 +82,20 @@ def test_repository_has_no_symlinks():
     listing = subprocess.run(["git", "ls-files", "-s"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     links = [line.split("\t", 1)[1] for line in listing.splitlines() if line.startswith("120000 ")]
     assert links == [], f"symlinks in the repository (break on Windows checkouts and in sdists): {links}"
+
+
+def test_extras_are_named_as_pip_finds_them_and_every_install_names_one():
+    """Extra names written normalised (PEP 685): pip before 24 compares `.[alpaca_eval]` with the
+    metadata's normalised `alpaca-eval` and installs nothing, silently. Every `.[extra]` that CI or
+    the docs install must exist as written."""
+    import re
+    import tomllib
+
+    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    assert extras, "no extras found"
+    assert {e for e in extras if re.sub(r"[-_.]+", "-", e).lower() != e} == set()
+    texts = [ROOT / ".ci" / "run", ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    asked = {(p.name, name) for p in texts for group in re.findall(r"""["']?(?:\.|synpo)\[([^\]]+)\]""", p.read_text())
+             for name in group.split(",")}
+    assert asked, "no install command found"
+    assert {(where, name) for where, name in asked if name.strip() not in extras} == set()

@@ -53,6 +53,7 @@ def same_files(a: Path, b: Path) -> bool:
 # ---- a real stage on 1 and 2 workers -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_responses_stage_on_two_hf_workers_writes_the_bytes_one_writes(tmp_path):
     from synpo.iterate import run_stages
     from synpo.stages.responses import generate_responses
@@ -133,6 +134,7 @@ def test_openai_engine_refuses_data_parallel_settings():
         EngineConfig(kind="openai", base_url="http://x/v1", data_parallel_size=2)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(vllm_python() is None, reason="no vLLM environment (scripts/setup_vllm_env.sh)")
 def test_vllm_cpu_on_two_workers_writes_the_bytes_one_writes(tmp_path):
     dirs = {}
@@ -140,7 +142,8 @@ def test_vllm_cpu_on_two_workers_writes_the_bytes_one_writes(tmp_path):
         cfg = EngineConfig(kind="vllm", python=vllm_python(), data_parallel_size=workers)
         engine = make_engine(cfg, TINY_MODEL, dtype="float32")
         try:
-            generate_sharded(engine, requests(32), SAMPLING, tmp_path / f"w{workers}", shard_size=8)
+            # 40 requests in shards of 16 on 2 workers: 4 jobs of 10, cut across shards (per-request seeds)
+            generate_sharded(engine, requests(40), SAMPLING, tmp_path / f"w{workers}", shard_size=16)
         finally:
             engine.close()
         dirs[workers] = tmp_path / f"w{workers}"
@@ -164,6 +167,7 @@ def paced_engine(cfg, model, **options):
     return engine
 
 
+@pytest.mark.slow
 def test_a_killed_worker_costs_only_its_unfinished_shard(tmp_path):
     shards = tmp_path / "shards"
     cfg = EngineConfig(kind="hf", batch_size=8, data_parallel_size=2)
@@ -228,6 +232,7 @@ def ray_cluster():
     cluster.shutdown()
 
 
+@pytest.mark.slow
 def test_ray_actors_on_two_nodes_write_what_one_engine_writes(ray_cluster, tmp_path):
     cfg = EngineConfig(kind="hf", batch_size=8, data_parallel_size=2, ray_address=ray_cluster.address)
     engine = make_engine(cfg, TINY_MODEL, dtype="float32")
@@ -242,6 +247,7 @@ def test_ray_actors_on_two_nodes_write_what_one_engine_writes(ray_cluster, tmp_p
     assert same_files(tmp_path / "ray", tmp_path / "one")
 
 
+@pytest.mark.slow
 def test_ray_reward_model_copies_score_like_one(ray_cluster, tmp_path):
     path = build_reward_model(tmp_path / "rm")
     cfg = ScorerConfig(kind="reward_model", path=str(path), batch_size=2, data_parallel_size=2)
@@ -302,3 +308,63 @@ def test_scoring_blocks_are_whole_batches_in_order():
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+# ---- shards cut to the workers ---------------------------------------------------------------
+
+
+def test_balanced_jobs_fill_every_worker_in_every_wave():
+    from synpo.engines.parallel import balanced_jobs
+
+    one_shard = balanced_jobs([805], 8, 2048)  # AlpacaEval: one shard, eight GPUs
+    assert len(one_shard) == 8 and {len(j) for j in one_shard} == {100, 101}
+    nine = balanced_jobs([2048] * 8 + [1616], 8, 2048)  # 18k seed prompts: nine shards
+    assert len(nine) == 16 and {len(j) for j in nine} == {1125}  # two full waves, not a ninth shard alone
+    assert [x for j in nine for x in j] == [(k, i) for k, n in enumerate([2048] * 8 + [1616]) for i in range(n)]
+    assert max(len(j) for j in balanced_jobs([300] * 5, 2, 300)) <= 300
+    assert balanced_jobs([3], 8, 2048) == [[(0, 0)], [(0, 1)], [(0, 2)]]
+
+
+class _SeedEchoPool:
+    """A pool of `size` vLLM workers, run one job at a time here: each answer is its request's seed."""
+
+    def __init__(self, size):
+        self.size, self.jobs = size, []
+
+    def __len__(self):
+        return self.size
+
+    def run_jobs(self, jobs, method, args_of, done):
+        from synpo.engines.vllm_worker import request_seed
+
+        for job in jobs:
+            rows, sampling = args_of(job)
+            self.jobs.append(len(rows))
+            done(job, [{"id": r["id"], "texts": [str(r["seed"] if r.get("seed") is not None else
+                                                     request_seed(sampling["seed"], i))],
+                        "finish_reasons": ["stop"], "num_tokens": [1], "top_logprobs": None}
+                       for i, r in enumerate(rows)])
+        return []
+
+
+def test_one_shard_is_cut_across_the_workers_with_the_seeds_one_engine_uses(tmp_path):
+    """One engine seeds request j of shard i with request_seed(shard i's seed, j); eight workers given
+    pieces of the shard use the same seeds, so they write the shard files one engine writes."""
+    from synpo.engines.base import Completion
+    from synpo.engines.vllm_worker import request_seed
+
+    class OneEngine:
+        name = "vllm"
+
+        def generate(self, requests, sampling):
+            return [Completion(r.id, [str(request_seed(sampling.seed, i))], ["stop"], [1])
+                    for i, r in enumerate(requests)]
+
+    reqs = [Request(f"q{i}", [{"role": "user", "content": str(i)}]) for i in range(50)]
+    sampling = Sampling(temperature=1.0, seed=7)
+    generate_sharded(OneEngine(), reqs, sampling, tmp_path / "one", shard_size=32)
+    parallel = DataParallelEngine(EngineConfig(kind="vllm", data_parallel_size=8), "m", {})
+    parallel.pool = _SeedEchoPool(8)
+    generate_sharded(parallel, reqs, sampling, tmp_path / "eight", shard_size=32)
+    assert parallel.pool.jobs == [7, 7, 6, 6, 6, 6, 6, 6]  # two shards (32 + 18) as eight jobs
+    assert same_files(tmp_path / "one", tmp_path / "eight")

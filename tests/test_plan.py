@@ -140,11 +140,16 @@ def test_plan_prints_every_stage_of_every_round(capsys):
 
 def test_plan_verdicts_change_with_the_gpus():
     recipe = load_recipe(ROOT / "recipes" / "llama3-8b-synpo.yaml", check_files=False)
-    steps, _ = build_plan(recipe)
-    policy = next(s for s in steps if s.stage == "policy θ_t")
-    assert policy.memory.on(parse_gpus("8xA100-80G"))[0] == "yes"
-    assert policy.memory.on(parse_gpus("8xA10-24G"))[0] == "NO"
-    assert policy.memory.on(parse_gpus("4xA100-80G"))[0] == "NO (needs 8 GPUs)"
+
+    def policy_on(spec, r=recipe):
+        gpus = parse_gpus(spec)
+        return next(s for s in build_plan(r, gpus)[0] if s.stage == "policy θ_t").memory.on(gpus)[0]
+
+    assert policy_on("8xA100-80G") == "yes"
+    assert policy_on("8xA10-24G") == "NO"
+    assert policy_on("4xA100-80G") == "yes"  # ZeRO-3 over the 4 GPUs there are
+    pinned = load_recipe(ROOT / "recipes" / "llama3-8b-synpo.yaml", ["runtime.gpus=8"], check_files=False)
+    assert policy_on("4xA100-80G", pinned) == "NO (needs 8 GPUs)"
     one = load_recipe(ROOT / "recipes" / "llama3-8b-synpo.yaml", ["train.accelerate_config=null",
                                                                   "train.num_processes=null"], check_files=False)
     single = next(s for s in build_plan(one)[0] if s.stage == "policy θ_t")
@@ -234,9 +239,9 @@ def test_plan_hours_before_and_after_data_parallelism(capsys):
     gpus = parse_gpus("8xA100-80G")
     single = ["engine.data_parallel_size=1", "scorer.data_parallel_size=1"]
     before = hours_summary(build_plan(load_recipe(ROOT / "recipes" / "llama3-8b-synpo.yaml", single,
-                                                  check_files=False))[0], gpus)
+                                                  check_files=False), gpus)[0], gpus)
     after = hours_summary(build_plan(load_recipe(ROOT / "recipes" / "llama3-8b-synpo.yaml",
-                                                 check_files=False))[0], gpus)
+                                                 check_files=False), gpus)[0], gpus)
     assert before["top"] == "refine"  # one engine: generation dominates
     assert after["total"] < before["total"] / 3
     assert [r["round"] for r in after["rounds"]] == ["0", "once", "1", "2", "3", "4"]
@@ -270,3 +275,62 @@ def test_plan_walks_the_loops_stage_list_for_every_variant():
             assert [s.model for s in policy] == ["θ0 → θ1", "θ1 → θ2", "θ2 → θ3"]
         if overrides == ["pairs.strategy=sampling_ranking"]:
             assert "responses (π_{t-1} x4)" in names and "refine" not in names
+
+
+def test_host_memory_of_training_stages():
+    """Host RAM of the node: ZeRO-3 without zero3_init loads the whole model in every process first;
+    PeriodicLoRA on a bf16 base keeps a 2-byte rounding carry per folded weight in every process."""
+    from synpo.plan import training_host_memory
+
+    arch = load_arch(LLAMA3)
+    P = LLAMA3_PARAMS
+    loading = Layout(processes=8, kind="deepspeed", zero_stage=3, init_sharded=False)
+    full = TrainConfig(adapter="full")
+    assert training_host_memory(arch, full, loading, reference=False) == {"loading": 8 * 2 * P}
+    assert training_host_memory(arch, full, loading, reference=True) == {"loading": 8 * 2 * 2 * P}
+    assert training_memory(arch, full, loading, preference=True, loss="simpo").host == {"loading": 8 * 2 * P}
+    ddp = Layout(processes=8, kind="ddp")
+    periodic = TrainConfig(adapter="periodic_lora", lora=LoraConfig(r=64))
+    carry = training_host_memory(arch, periodic, ddp, reference=False)["fold carry"]
+    assert carry == 8 * 2 * arch.block_linear_params() and 90 * GiB < carry < 110 * GiB  # not fp32's ~210 GiB
+    assert training_host_memory(arch, TrainConfig(adapter="lora"), ddp, reference=False) == {}
+
+
+def test_plan_shows_host_memory(capsys):
+    assert cli(["plan", str(ROOT / "recipes" / "llama3-8b-synpo.yaml"), "--gpus", "8xA100-80G"]) == 0
+    out = capsys.readouterr().out
+    assert "host: the node's RAM" in out
+    policy = next(line for line in out.splitlines() if "policy θ_t" in line)
+    assert f"{8 * 2 * LLAMA3_PARAMS / GiB:.0f} L" in policy
+
+
+def test_generation_hours_follow_the_waves_of_jobs():
+    """vLLM workers take jobs cut to fill every engine in each wave; hf workers take whole shards."""
+    from synpo.plan import busiest_engine
+
+    assert busiest_engine(805, 8, 2048, "vllm") == 101  # not 805 on one GPU
+    assert busiest_engine(18000, 8, 2048, "vllm") == 2250  # two waves of 1125
+    assert busiest_engine(18000, 8, 2048, "hf") == 2 * 2048  # nine shards: a second wave of one
+    assert busiest_engine(805, 8, 2048, "hf") == 805 and busiest_engine(805, 1, 2048, "vllm") == 805
+
+
+@pytest.mark.parametrize("recipe", ["llama3-8b-synpo", "mistral-7b-synpo-lora"])
+def test_one_gpu_count_decides_every_training_stage(recipe, capsys):
+    """The paper recipes name no process count: the planned GPUs (or runtime.gpus, or the visible
+    GPUs when a run starts) decide G's, R_t's and θ_t's alike; a section's num_processes still wins."""
+    from synpo.training.distributed import read_accelerate_config
+
+    path = ROOT / "recipes" / f"{recipe}.yaml"
+    kind = "ZeRO-3" if "lora" not in recipe else "DDP"
+    assert cli(["plan", str(path), "--gpus", "2xH200"]) == 0
+    out = capsys.readouterr().out
+    assert "needs 8 GPUs" not in out and " x8 " not in out.replace("│", " ")
+    assert out.count(f"{kind} x2") == 1 + 2 * 4  # G once, R_t and θ_t in each of 4 rounds
+    loaded = load_recipe(path, ["runtime.gpus=4"], check_files=False)
+    sections = [loaded.prompt_generator.train, loaded.improver.train, loaded.train]
+    assert [read_accelerate_config(c, loaded.runtime.gpus).processes for c in sections] == [4, 4, 4]
+    steps, _ = build_plan(loaded, parse_gpus("8xH200"))  # runtime.gpus pins the count: 4 of the 8
+    assert {s.runs_as.split(", ")[-1] for s in steps if s.load and s.load.kind == "train"} == {f"{kind} x4"}
+    own = load_recipe(path, ["runtime.gpus=4", "train.num_processes=2"], check_files=False)
+    assert read_accelerate_config(own.train, own.runtime.gpus).processes == 2
+    assert read_accelerate_config(own.improver.train, own.runtime.gpus).processes == 4

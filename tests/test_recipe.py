@@ -136,3 +136,76 @@ def test_seed_limit_takes_a_seeded_random_sample():
     assert sample != everything[:20] and sample != load_seed(SeedData(limit=20), seed=1)
     position = {r["id"]: i for i, r in enumerate(everything)}
     assert [position[r["id"]] for r in sample] == sorted(position[r["id"]] for r in sample)  # file order
+
+
+def test_recipe_paths_are_relative_to_the_recipe_file_and_set_paths_to_the_current_directory(tmp_path, monkeypatch):
+    """A recipe's relative paths (its base, accelerate configs, engine.python, data files) resolve against
+    its own folder, so the command works from anywhere; a --set path against the current directory."""
+    from synpo.recipe import load_recipe
+
+    folder = tmp_path / "recipes"
+    (folder / "accelerate").mkdir(parents=True)
+    (folder / "accelerate" / "ddp.yaml").write_text("num_processes: 2\n")
+    (folder / "seed.jsonl").write_text('{"prompt": "p", "response": "r"}\n')
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").write_text("")
+    (folder / "base.yaml").write_text("train: {accelerate_config: accelerate/ddp.yaml}\n"
+                                      "engine: {python: ../venv/bin/python}\n")
+    (folder / "r.yaml").write_text("base: base.yaml\nimprover: {train: {accelerate_config: accelerate/ddp.yaml}}\n"
+                                   "data: {seed: {path: seed.jsonl, format: jsonl}}\n"
+                                   "model: {path: org/some-model}\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "mine.yaml").write_text("{}\n")
+    monkeypatch.chdir(elsewhere)
+    recipe = load_recipe("../recipes/r.yaml", ["prompt_generator.train.accelerate_config=mine.yaml"],
+                         check_files=False)
+    assert recipe.train.accelerate_config == str(folder / "accelerate" / "ddp.yaml")
+    assert recipe.improver.train.accelerate_config == str(folder / "accelerate" / "ddp.yaml")
+    assert recipe.engine.python == str(tmp_path / "venv" / "bin" / "python")
+    assert recipe.data.seed.path == str(folder / "seed.jsonl")
+    assert recipe.model.path == "org/some-model"  # nothing of that name there: a Hub id
+    assert recipe.prompt_generator.train.accelerate_config == "mine.yaml"  # --set: the current directory
+
+
+def test_a_top_level_engine_problem_is_reported_once_under_its_own_key(tmp_path):
+    from synpo.errors import UserError
+    from synpo.recipe import load_recipe
+
+    with pytest.raises(UserError) as e:
+        load_recipe(None, ["engine.python=/nowhere/python", "improver.engine={kind: vllm, python: /elsewhere/py}"])
+    lines = str(e.value).splitlines()
+    assert lines == ["<defaults>: engine.python: file does not exist: /nowhere/python",
+                     "<defaults>: improver.engine.python: file does not exist: /elsewhere/py"]
+
+
+def test_synpo_plan_works_away_from_the_repository(tmp_path, monkeypatch, capsys):
+    from synpo.cli import main
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", str(ROOT / "recipes" / "llama3-8b-synpo-lora.yaml"), "--gpus", "8xA100-80G"]) == 0
+    out = capsys.readouterr().out
+    assert "accelerate_config" not in out and "DDP x8" in out
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["runds=2"], "runds: unknown key (did you mean rounds?)"),
+    (["train.lerning_rate=1e-6"], "train.lerning_rate: unknown key (did you mean train.learning_rate?)"),
+    (["eval.judge={base_url: 'http://h/v1', modle: j}"],
+     "eval.judge.modle: unknown key (did you mean eval.judge.model?)"),
+    (["engine.batch_size=many"], "engine.batch_size: must be a whole number, not 'many'"),
+    (["rounds=1.5"], "rounds: must be a whole number, not 1.5"),
+    (["train.gradient_checkpointing=maybe"], "train.gradient_checkpointing: must be true or false, not 'maybe'"),
+    (["engine=3"], "engine: must be a section: a mapping of its keys, e.g. {key: value}, not 3"),
+    (["eval.suites=[arena_hard]", "eval.judge={base_url: 'http://h/v1'}"],
+     "eval.judge: needs kind openai and a model name"),
+    (["eval.suites=[arena_hard]", "eval.judge={model: j}"], "eval.judge.base_url: required when kind is openai"),
+    (["eval.suites=[arena_hard]", "eval.judge={base_url: 'http://h/v1', model: j, api_key_env: SYNPO_UNSET_KEY}"],
+     "eval.judge.api_key_env: the environment variable SYNPO_UNSET_KEY is not set"),
+])
+def test_errors_name_keys_as_written_in_plain_words(overrides, expected, monkeypatch):
+    monkeypatch.delenv("SYNPO_UNSET_KEY", raising=False)
+    with pytest.raises(UserError) as e:
+        load_recipe(None, overrides)
+    assert str(e.value).splitlines() == [f"<defaults>: {expected}"]

@@ -71,7 +71,7 @@ def test_reward_model_renders_with_its_own_template_and_cuts_to_max_length(rewar
     full = rm_scorer(reward_model)
     full._load()
     assert full.tokenizer.decode(full.render("Sort: 2 1", "1 2")).startswith("### user:\nSort: 2 1")
-    assert text.startswith("### user:")
+    assert text.endswith("### assistant:\n1 2<|end|>")  # an over-long conversation keeps its end
     scores = scorer.score(PROMPTS, RESPONSES)
     assert scorer.truncated > 0 and all(math.isfinite(s) for s in scores)
 
@@ -88,6 +88,54 @@ def test_custom_code_reward_model_needs_trust_remote_code_in_the_recipe(armo_lik
     scorer.close()
     assert scorer.model is None
     assert scorer.score(PROMPTS[:1], RESPONSES[:1]) == pytest.approx(batched[:1], abs=1e-4)  # reloads
+
+
+def test_armorm_shaped_code_loads_and_gates_on_the_assistant_header(armo_like):
+    """The stand-in imports and calls what ArmoRM's modeling_custom.py does (LLAMA_INPUTS_DOCSTRING,
+    gone in transformers 5, included); its score is the gated sum at the header it searches for."""
+    from tests.paper_stand_ins import ARMO_HEADER
+
+    scorer = rm_scorer(armo_like, trust_remote_code=True)
+    score = scorer.score(PROMPTS[:1], RESPONSES[:1])[0]
+    model, ids = scorer.model, scorer.render(PROMPTS[0], RESPONSES[0])
+    header = scorer.tokenizer(ARMO_HEADER, add_special_tokens=False)["input_ids"]
+    at = max(j for j in range(len(ids)) if ids[j:j + len(header)] == header)
+    with torch.inference_mode():
+        hidden = model.model(torch.tensor([ids])).last_hidden_state[0]
+        gate = torch.softmax(model.gating(hidden[at]), dim=-1)
+        expected = float((gate * model.regression_layer(hidden[-1])).sum())
+    assert score == pytest.approx(expected, abs=1e-5)
+
+
+def test_an_over_long_conversation_keeps_its_end_and_armorm_finds_its_header(armo_like):
+    """Cutting the head would drop the assistant header ArmoRM's gating searches for (it raises);
+    the scorer keeps BOS and the end: the header, the response and its last token."""
+    scorer = rm_scorer(armo_like, trust_remote_code=True, max_length=24)
+    long_prompt = "Sort these numbers: " + " ".join(str(i) for i in range(200))
+    scores = scorer.score([long_prompt, PROMPTS[0]], ["0 1 2", RESPONSES[0]])
+    assert scorer.truncated == 1 and all(math.isfinite(x) for x in scores)
+    ids = scorer.render(long_prompt, "0 1 2")
+    full = scorer.tokenizer.apply_chat_template([{"role": "user", "content": long_prompt},
+                                                 {"role": "assistant", "content": "0 1 2"}], tokenize=False)
+    full_ids = scorer.tokenizer(full, add_special_tokens=False)["input_ids"]
+    assert len(ids) == 24 and ids[-20:] == full_ids[-20:]
+    assert scorer.tokenizer.decode(ids).endswith("### assistant:\n0 1 2" + scorer.tokenizer.eos_token)
+
+
+def test_reward_model_code_that_does_not_import_stops_before_any_stage(armo_like, tmp_path):
+    import shutil
+
+    from synpo.scoring.reward_model import check_remote_code
+
+    broken = tmp_path / "broken_armo"
+    shutil.copytree(armo_like, broken)
+    code = broken / "modeling_custom.py"
+    code.write_text(code.read_text().replace("import LLAMA_INPUTS_DOCSTRING", "import LLAMA_GONE_FOR_GOOD"))
+    check_remote_code(str(armo_like), True)  # the real shape imports (the shim for transformers 5)
+    with pytest.raises(UserError, match=r"modeling_custom\.py\) does not import with transformers .*LLAMA_GONE"):
+        check_remote_code(str(broken), True)  # what preflight and the scorer call before any work
+    with pytest.raises(UserError, match="trust_remote_code: true"):  # untrusted code is never imported
+        check_remote_code(str(broken), False)
 
 
 def test_gaps_are_differences_of_reward_scores(reward_model):

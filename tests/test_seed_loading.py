@@ -83,3 +83,24 @@ def test_the_real_alpaca_subset_loads_and_reports_its_blank_answers():
     seed = read_seed(SeedData(path=str(SHARED_DATA / "seed" / "alpaca_data_5000_subset_pr152.json"), format="alpaca"))
     assert len(seed.rows) + sum(seed.dropped.values()) == 5000 and set(seed.dropped) <= {"blank answer",
                                                                                         "repeated prompt"}
+
+
+def test_prompt_and_response_fields_are_honoured_on_rows_that_also_hold_a_conversation(tmp_path):
+    """UltraFeedback's train_sft rows hold `prompt`, `chosen` (a conversation) and `messages`: the recipe's
+    prompt_field / response_field decide, a conversation field giving its user / last assistant turn."""
+    import datasets
+
+    def chat(q, a):
+        return [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+
+    rows = [{"prompt": f"q{i}", "chosen": chat(f"q{i}", f"chosen {i}"), "rejected": chat(f"q{i}", f"rejected {i}"),
+             "messages": chat(f"q{i}", f"messages {i}")} for i in range(3)]
+    path = tmp_path / "uf"
+    datasets.DatasetDict({"train_sft": datasets.Dataset.from_list(rows)}).save_to_disk(str(path))
+    seed = read_seed(SeedData(path=str(path), format="hf", split="train_sft", prompt_field="prompt",
+                              response_field="rejected"))
+    assert [(r["prompt"], r["response"]) for r in seed.rows] == [(f"q{i}", f"rejected {i}") for i in range(3)]
+    # fields the rows lack: the conversation is read, as a ShareGPT row
+    plain = read_seed(SeedData(path=str(path), format="hf", split="train_sft", prompt_field="instruction",
+                               response_field="output"))
+    assert [r["response"] for r in plain.rows] == [f"messages {i}" for i in range(3)]

@@ -249,3 +249,45 @@ def test_unrated_rows_are_dropped_as_unscored_and_means_ignore_them(tmp_path):
     assert summary["kept"] == 1 and summary["dropped_unscored"] == 1  # a NaN gap is never kept
     assert [r["id"] for r in read_jsonl(tmp_path / "pairs.jsonl")] == ["a"]
     assert read_json(tmp_path / "pairs_stats.json")["mean_gap_all"] == 6.0
+
+
+def test_improver_data_leaves_out_drafts_cut_at_max_new_tokens(monkeypatch, tmp_path):
+    """A draft that ran out of max_new_tokens is no answer to improve: counted, never a training row."""
+    from synpo.recipe import EngineConfig, ModelConfig, SamplingConfig, ScorerConfig
+    from synpo.scoring import ToyScorer
+    from synpo.stages import improver
+
+    seed = [{"id": f"s{i}", "prompt": "Sort these numbers in ascending order: 3, 1, 2", "response": "1, 2, 3"}
+            for i in range(4)]
+    finish = ["stop", "length", "stop", "length"]
+
+    def fake_generate(policy, requests, sampling, **kw):
+        return [Completion(r.id, ["3, 2"], [f], [5]) for r, f in zip(requests, finish)]
+
+    monkeypatch.setattr(improver, "generate", fake_generate)
+    inputs = improver.ImproverData(round=1, gap=-1e9, keep_below_gap=0.0, seed_sampling=SamplingConfig(),
+                                   scorer=ScorerConfig(kind="toy"), base=ModelConfig(path="m"),
+                                   engine=EngineConfig(kind="hf"), seed=0)
+    summary = improver.improver_data(inputs, "m", seed, tmp_path / "data.jsonl", tmp_path, ToyScorer())
+    assert [r["id"] for r in read_jsonl(tmp_path / "data.jsonl")] == ["s0", "s2"]
+    assert summary["dropped_unfinished_drafts"] == 2 and summary["kept"] == 2
+
+
+def test_sft_rows_whose_answer_max_length_would_cut_are_dropped_and_counted(tmp_path):
+    """TRL would keep such a row with its answer's end (the end of turn) cut off: R_t would learn not to stop."""
+    from synpo.models import load_tokenizer
+    from synpo.toy import TINY_MODEL
+    from synpo.training.trainers import build_trainer
+    from tests.training_utils import training_job
+
+    tokenizer = load_tokenizer(str(TINY_MODEL))
+    short = {"prompt": [{"role": "user", "content": "Sort: 2 1"}], "completion": [{"role": "assistant",
+                                                                                    "content": "1 2"}]}
+    long = {"prompt": short["prompt"], "completion": [{"role": "assistant", "content": "1 2 " * 40}]}
+    n_short = len(tokenizer.apply_chat_template(short["prompt"] + short["completion"], tokenize=True,
+                                                return_dict=True)["input_ids"])
+    job = training_job(tmp_path, TINY_MODEL, "sft", [short, long, short], adapter="full", max_length=n_short + 4)
+    trainer, _, dropped = build_trainer(job)
+    assert dropped == {"long_prompts": 0, "cut_answers": 1} and len(trainer.train_dataset) == 2
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    assert all(row["input_ids"][-1] == end for row in trainer.train_dataset)  # every answer keeps its end

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from judge_server import ScriptedJudge, alpaca_confidence, sha
+from judge_server import ScriptedJudge, alpaca_confidence, key, sha
 
 from synpo.cli import main
 from synpo.engines.base import Completion
@@ -21,6 +21,7 @@ from synpo.io import read_json, read_jsonl
 from synpo.toy import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
+PROBE = key([{"role": "user", "content": "Reply with OK."}])  # the judge check's one question
 
 
 @pytest.fixture
@@ -51,6 +52,7 @@ def test_synpo_eval_alpaca_eval_end_to_end_and_resumable(tmp_path, data_dir, mon
                               capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         metrics = json.loads(proc.stdout)
+        assert judge.received.pop(PROBE) == 1  # the judge is checked once, before any answer
         assert len(judge.received) == 20 and sum(judge.received.values()) == 20
         # the loop's outputs: alpaca_eval-format outputs, annotations, metrics
         outputs = json.loads((out / "model_outputs.json").read_text())
@@ -63,6 +65,7 @@ def test_synpo_eval_alpaca_eval_end_to_end_and_resumable(tmp_path, data_dir, mon
         assert metrics["preferences"] == "weighted" and metrics["length_controlled_winrate"] is not None
         # the same command again: answers from the shards, every judgment from the cache
         assert main(_eval_args(judge, data_dir, out, "--json")) == 0
+        assert judge.received.pop(PROBE) == 1
         assert sum(judge.received.values()) == 20
         assert read_json(out / "metrics.json") == metrics
 
@@ -164,3 +167,116 @@ def test_unparseable_verdicts_are_capped_like_failed_requests():
     tally.check(0.3, "alpaca_eval")  # 3 of 10 without a verdict: allowed
     with pytest.raises(UserError, match=r"3 of 10 judgments have no verdict \(1 failed .*, 2 unparseable\)"):
         tally.check(0.25, "alpaca_eval")
+
+
+def test_eval_answers_are_keyed_by_the_model_not_its_folder_name(tmp_path, data_dir, monkeypatch):
+    """Two checkpoints both named `policy`, evaluated one after the other from the same folder with
+    the default --out, each get their own answers; the same checkpoint again reuses its answers, and
+    one whose weights changed in place is answered again."""
+    import shutil
+
+    from synpo.stages import evaluate
+
+    class Echo:
+        """Answers with a hash of the weights' last bytes: which checkpoint answered."""
+
+        generated = 0
+
+        def __init__(self, model):
+            self.tag = (Path(model) / "model.safetensors").read_bytes()[-4096:].hex()[-12:]
+
+        def generate(self, requests, sampling):
+            Echo.generated += len(requests)
+            return [Completion(r.id, [f"answer by {self.tag}"], ["stop"], [3]) for r in requests]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(evaluate, "engine_for", lambda base_cfg, engine_cfg, model, seed: Echo(model))
+    monkeypatch.setenv("SYNPO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SYNPO_QUIET", "1")
+    monkeypatch.chdir(tmp_path)
+    models = {}
+    for run, t, flip in (("a", 1, 0), ("b", 2, 1)):
+        model = tmp_path / "runs" / run / f"round_0{t}" / "policy"
+        shutil.copytree(TINY_MODEL, model)
+        weights = bytearray((model / "model.safetensors").read_bytes())
+        weights[-1] ^= flip  # b: other weights, same shapes and size
+        (model / "model.safetensors").write_bytes(bytes(weights))
+        models[run] = model
+
+    def outputs_of(model):
+        args = ["eval", "--suite", "alpaca_eval", "--model", str(model), "--judge-url", judge.base_url,
+                "--judge-model", "scripted-judge", "--limit", "4", "--data-dir", str(data_dir), "--json"]
+        assert main(args) == 0
+        newest = max((tmp_path / "synpo-eval").glob("policy*/alpaca_eval/model_outputs.json"),
+                     key=lambda p: p.stat().st_mtime_ns)
+        return {o["output"] for o in read_json(newest)}
+
+    with ScriptedJudge() as judge:
+        tag = {k: (m / "model.safetensors").read_bytes()[-4096:].hex()[-12:] for k, m in models.items()}
+        assert tag["a"] != tag["b"]
+        assert outputs_of(models["a"]) == {f"answer by {tag['a']}"}
+        assert outputs_of(models["b"]) == {f"answer by {tag['b']}"}
+        assert Echo.generated == 8 and len(list((tmp_path / "synpo-eval").glob("policy*"))) == 2
+        assert outputs_of(models["a"]) == {f"answer by {tag['a']}"}
+        assert Echo.generated == 8  # the unchanged model's answers are reused
+        # the same --out folder for another checkpoint: answered again, not read back
+        fixed = ["--out", str(tmp_path / "fixed")]
+        common = ["eval", "--suite", "alpaca_eval", "--judge-url", judge.base_url, "--judge-model", "scripted-judge",
+                  "--limit", "4", "--data-dir", str(data_dir), "--json", *fixed]
+        assert main([*common, "--model", str(models["a"])]) == 0
+        assert main([*common, "--model", str(models["b"])]) == 0
+        assert {o["output"] for o in read_json(tmp_path / "fixed" / "model_outputs.json")} == {f"answer by {tag['b']}"}
+
+
+def test_synpo_eval_checks_the_judge_before_answering_anything(tmp_path, data_dir, monkeypatch, capsys):
+    """A wrong judge URL: one quick question, a one-line error naming the option as written, and not
+    one answer generated."""
+    import socket
+    import time
+
+    from synpo.stages import evaluate
+
+    monkeypatch.setenv("SYNPO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("SYNPO_QUIET", "1")
+
+    def no_engine(*args, **kwargs):
+        raise AssertionError("an engine was started before the judge was checked")
+
+    monkeypatch.setattr(evaluate, "engine_for", no_engine)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["eval", "--suite", "arena_hard", "--model", str(TINY_MODEL), "--judge-url", f"http://127.0.0.1:{port}/v1",
+            "--judge-model", "j", "--limit", "2", "--out", str(tmp_path / "out")]
+    started = time.monotonic()
+    assert main(args) == 2
+    assert time.monotonic() - started < 10  # the engine's six retries with backoff take about 40 s
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --judge-url: the judge at http://127.0.0.1:{port}/v1 "
+                                               "does not answer a test question"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_eval_identity_follows_the_answers_makers_not_the_judge(tmp_path):
+    import shutil
+
+    from synpo.cli import eval_identity
+    from synpo.iterate import evaluation
+    from synpo.recipe import load_recipe
+
+    model = tmp_path / "policy"
+    shutil.copytree(TINY_MODEL, model)
+
+    def identity(*overrides):
+        judge = "eval.judge={base_url: 'http://h/v1', model: j}"
+        recipe = load_recipe(None, ["eval.suites=[arena_hard]", judge, *overrides], check_files=False)
+        return eval_identity(str(model), evaluation(recipe, "arena_hard", "policy"))
+
+    base = identity()
+    assert identity("eval.judge={base_url: 'http://other/v1', model: k}") == base  # another judge, same answers
+    assert identity("eval.sampling.max_new_tokens=7") != base
+    assert identity("model.chat_template='{{ messages }}'") != base
+    (model / "chat_template.jinja").write_text("{{ messages[0].content }}")  # the checkpoint's own template
+    assert identity() != base

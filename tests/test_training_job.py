@@ -64,6 +64,7 @@ def test_tracking_names_the_stage_after_its_log_and_the_run_after_its_directory(
     assert tracking_for([], logs) is None  # no trackers: the job reports nowhere
 
 
+@pytest.mark.slow
 def test_a_job_trained_in_a_child_process_ends_where_one_trained_here_ends(tmp_path, monkeypatch):
     """The real child (runtime.isolate: always): same steps, loss and weights as the same job in-process."""
     from synpo.training.trainers import train

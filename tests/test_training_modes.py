@@ -64,6 +64,7 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss,adapter", [("dpo", "periodic_lora"), ("simpo", "periodic_lora"), ("simpo", "full")])
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, policy, loss, adapter, monkeypatch):
     rows = preference_rows(32)
@@ -143,6 +144,7 @@ def test_recipe_naming_an_accelerate_config_launches_a_child(monkeypatch, tmp_pa
     assert written == job.model_copy(update={"threads": written.threads})  # the job the ranks run, unchanged
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="the deepspeed extra is not installed")
 @pytest.mark.parametrize("loss,adapter", [("dpo", "periodic_lora"), ("simpo", "lora")])
 def test_deepspeed_zero3_on_cpu_matches_one_process(tmp_path, policy, loss, adapter, monkeypatch):
@@ -262,3 +264,29 @@ def test_ranks_that_build_the_training_data_at_once_load_one_published_copy(tmp_
     assert Path(ours.cache_files[0]["filename"]).parent == Path(published[0].cache_files[0]["filename"]).parent
     assert (Path(ours.cache_files[0]["filename"]).parent / "marker").read_text() == "first"  # not replaced
     assert len(ours) == 8 and not list(work.glob(".dataset-*"))  # the loser's copy is cleaned up
+
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="the deepspeed extra is not installed")
+@pytest.mark.parametrize("kind,loss", [("preference", "simpo"), ("preference", "dpo"), ("sft", None)])
+def test_zero3_with_an_adapter_checkpoints_reentrantly_for_every_trainer(tmp_path, policy, monkeypatch, kind, loss):
+    """transformers 5 checkpoints non-reentrantly unless told otherwise, which ZeRO-3 with frozen
+    parameters (an adapter's base) cannot take (TRL issue 2514); TRL forces reentrant mode in its SFT
+    and DPO trainers, not in CPOTrainer (SimPO). The arguments as accelerate launch's ZeRO-3 sets them."""
+    from synpo.training.trainers import build_trainer
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    rows = preference_rows(4) if kind == "preference" else sft_rows(4)
+    job = training_job(tmp_path, policy, kind, rows, batch_size=2, adapter="lora", max_steps=1,
+                       gradient_checkpointing=True, **({"loss": loss} if loss else {}))
+    from accelerate.state import AcceleratorState
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    try:
+        trainer, _, _ = build_trainer(job)
+        assert trainer.args.deepspeed_plugin.zero_stage == 3
+        assert trainer.args.gradient_checkpointing_kwargs == {"use_reentrant": True}
+    finally:  # the ZeRO-3 state a trainer leaves behind would shard the next test's model loading
+        unset_hf_deepspeed_config()
+        AcceleratorState._reset_state(True)

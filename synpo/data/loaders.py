@@ -141,6 +141,15 @@ def _text(value, where: str, name: str, setting: str) -> str | None:
                     "field (a dotted path such as instances.0.output reaches into nested ones)")
 
 
+def _turn(value, role: str):
+    """A field holding a conversation (a list of {role, content} turns, as UltraFeedback's `chosen`):
+    its first user turn for a prompt, its last assistant turn for an answer. Anything else as it is."""
+    if not (isinstance(value, list) and value and all(isinstance(t, dict) and "role" in t for t in value)):
+        return value
+    turns = [t.get("content") for t in value if t["role"] == role]
+    return (turns[0] if role == "user" else turns[-1]) if turns else value
+
+
 def _sharegpt_pair(row: dict, where: str) -> tuple[str | None, str | None] | None:
     turns = row.get("conversations") or row.get("messages") or []
     if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
@@ -179,7 +188,10 @@ def read_seed(cfg: SeedData, sample_seed: int = 0) -> Seed:
         else:
             source = ((f"{path}: row {i}", row) for i, row in enumerate(_hf_rows(path, cfg.split, streaming=False)))
         for where, row in source:
-            if cfg.format == "hf" and ("conversations" in row or isinstance(row.get("messages"), list)):
+            named = field(row, cfg.prompt_field) is not MISSING and field(row, cfg.response_field) is not MISSING
+            # a conversation row (H4's `messages`) is read as one only when the named fields are not there:
+            # prompt_field / response_field, when the row has them, are what the recipe asked for
+            if cfg.format == "hf" and not named and ("conversations" in row or isinstance(row.get("messages"), list)):
                 pair = _sharegpt_pair(row, where)
                 if pair:
                     pairs.append((where, *pair))
@@ -190,7 +202,8 @@ def read_seed(cfg: SeedData, sample_seed: int = 0) -> Seed:
                 if value is MISSING:
                     raise UserError(f"{where}: no field {name!r} (fields: {', '.join(row)}); set {setting} to the "
                                     "file's field name (a dotted path such as instances.0.output reaches nested ones)")
-                values[name] = _text(value, where, name, setting)
+                values[name] = _text(_turn(value, "user" if name == cfg.prompt_field else "assistant"), where,
+                                     name, setting)
             prompt = values[cfg.prompt_field]
             if cfg.input_field:
                 extra = field(row, cfg.input_field)

@@ -40,6 +40,10 @@ def make_engine(cfg: EngineConfig, model: str | Path, *, dtype: str = "auto", tr
                         trust_remote_code=trust_remote_code, chat_template=chat_template)
     if cfg.kind == "vllm":
         from synpo.engines.vllm import VLLMEngine
+        from synpo.models import effective_chat_template
+
+        # the worker loads the tokenizer itself: it gets the template as this process renders it
+        chat_template = effective_chat_template(base, trust_remote_code, chat_template)
 
         return VLLMEngine(base, adapter=adapter, cfg=cfg, dtype=dtype, trust_remote_code=trust_remote_code,
                           seed=seed, chat_template=chat_template)

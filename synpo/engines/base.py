@@ -41,6 +41,9 @@ class Sampling:
 class Request:
     id: str
     messages: list[dict]
+    # The request's own sampling seed, where a caller splits shards across engines (engines/parallel.py):
+    # the seed it would have had in its shard. None: from the call's seed and the request's position.
+    seed: int | None = None
 
 
 @dataclass

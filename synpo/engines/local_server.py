@@ -127,7 +127,7 @@ class LocalServer:
     def start(self, timeout: float = 180) -> LocalServer:
         import httpx
 
-        from synpo.processes import die_with_parent
+        from synpo.processes import popen_kept
 
         hub_cache = Path(self._scratch.name) / "hub"  # must exist; nothing is ever downloaded into it
         hub_cache.mkdir(exist_ok=True)
@@ -137,8 +137,7 @@ class LocalServer:
         cmd = [sys.executable, "-c", "import sys; from transformers.cli.transformers import main; sys.exit(main())",
                "serve", "--host", "127.0.0.1", "--port", str(upstream_port), "--device", "cpu"]
         with open(self.log_path, "ab") as log:
-            self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                          preexec_fn=die_with_parent)
+            self._proc = popen_kept(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self._proc.poll() is not None:

@@ -24,6 +24,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from synpo.engines.base import Completion, Request, Sampling, _read_shard
+from synpo.engines.vllm_worker import request_seed
 from synpo.io import write_jsonl
 from synpo.recipe import EngineConfig
 
@@ -64,6 +65,25 @@ class EngineServer:
         self.engine.close()
 
 
+def balanced_jobs(shard_lengths: list[int], workers: int, shard_size: int) -> list[list[tuple[int, int]]]:
+    """The requests of the shards to generate (shard k, position j) cut into jobs of nearly equal size,
+    in order, as many as fill every worker in each wave: 805 requests on 8 workers are 8 jobs of about
+    100 (not one shard of 805 on one worker while seven wait), 18,000 with shard_size 2048 are 16 jobs of
+    1,125 (two full waves, not a ninth shard alone in a second one). A job is never larger than a shard."""
+    order = [(k, j) for k, n in enumerate(shard_lengths) for j in range(n)]
+    if not order:
+        return []
+    waves = -(-len(order) // (max(workers, 1) * shard_size))
+    count = min(len(order), max(workers, 1) * waves)
+    size, extra = divmod(len(order), count)
+    jobs, start = [], 0
+    for c in range(count):
+        end = start + size + (c < extra)
+        jobs.append(order[start:end])
+        start = end
+    return jobs
+
+
 class DataParallelEngine:
     def __init__(self, cfg: EngineConfig, model: str, options: dict, factory: str = MAKE_ENGINE):
         self.cfg, self.model, self.options, self.factory = cfg, str(model), options, factory
@@ -99,16 +119,35 @@ class DataParallelEngine:
             bar.advance(len(requests) - sum(len(shards[i]) for i in missing))
             if missing:
                 pool = self._workers()
+                if self.cfg.kind == "vllm":  # per-request seeds: the work can be cut to fit the workers
+                    jobs = balanced_jobs([len(shards[i]) for i in missing], len(pool), shard_size)
+                    jobs = [[(missing[k], j) for k, j in job] for job in jobs]
+                else:  # the hf engine seeds a whole call: a job is a shard, as one engine runs it
+                    jobs = [[(i, j) for j in range(len(shards[i]))] for i in missing]
+                rows: dict[int, dict[int, dict]] = {i: {} for i in missing}
+                seeds = {i: sampling.for_shard(i) for i in missing}
 
-                def done(index: int, rows: list[dict]) -> None:
-                    if [r["id"] for r in rows] != [q.id for q in shards[index]]:
-                        raise RuntimeError(f"shard {index}: a worker returned completions for other requests")
-                    write_jsonl(path(index), rows)
-                    bar.advance(len(shards[index]))
+                def args_of(k: int):
+                    job = jobs[k]
+                    if self.cfg.kind != "vllm":
+                        return [asdict(r) for r in shards[job[0][0]]], asdict(seeds[job[0][0]])
+                    return ([{**asdict(shards[i][j]), "seed": request_seed(seeds[i].seed, j)} for i, j in job],
+                            asdict(sampling))
 
-                failures = pool.run_jobs(missing, "generate",
-                                         lambda i: ([asdict(r) for r in shards[i]], asdict(sampling.for_shard(i))),
-                                         done)
+                def done(k: int, result: list[dict]) -> None:
+                    job = jobs[k]
+                    if [r["id"] for r in result] != [shards[i][j].id for i, j in job]:
+                        raise RuntimeError(f"job {k}: a worker returned completions for other requests")
+                    for (i, j), row in zip(job, result):
+                        rows[i][j] = row
+                    for i in sorted({i for i, _ in job}):
+                        if len(rows[i]) == len(shards[i]) and not path(i).exists():
+                            write_jsonl(path(i), [rows[i][j] for j in range(len(shards[i]))])
+                    bar.advance(len(job))
+
+                failures = pool.run_jobs(list(range(len(jobs))), "generate", args_of, done)
+                failures = [(label, ", ".join(str(i) for i in sorted({i for i, _ in jobs[k]})), e)
+                            for label, k, e in failures]
                 self._raise_for(failures, shards, path)
         new = sum(len(shards[i]) for i in missing)
         if new:

@@ -8,7 +8,8 @@ venv (scripts/setup_vllm_env.sh). Where the engine runs:
   self-contained file; synpo need not be installed there). It loads the model once per
   stage, serves one job per shard (requests in, completion JSONL out) and exits when the
   stage closes the engine, which returns all of its GPU memory before training starts. It
-  dies with synpo (PR_SET_PDEATHSIG), so a killed run leaves no GPU holder behind.
+  runs under a keeper (synpo.processes) that ends its whole tree, vLLM's engine core included, when
+  synpo dies or closes it, so a killed run leaves no GPU holder behind.
 Both paths share the worker's code: chat-template rendering to token ids, SamplingParams
 with a seed per request, LoRA adapters through LoRARequest, prefix caching.
 """
@@ -43,6 +44,7 @@ class VLLMEngine:
                        tensor_parallel_size=cfg.tensor_parallel_size,
                        gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
                        trust_remote_code=trust_remote_code)
+        self._max_model_len = cfg.max_model_len
         self._generator = self._worker = None
         if cfg.python:
             self.mode = "child"
@@ -65,12 +67,14 @@ class VLLMEngine:
     def generate(self, requests: list[Request], sampling: Sampling) -> list[Completion]:
         if not requests:
             return []
-        rows = [{"id": r.id, "messages": r.messages} for r in requests]
+        rows = [{"id": r.id, "messages": r.messages, **({"seed": r.seed} if r.seed is not None else {})}
+                for r in requests]
         out = self._worker.generate(rows, asdict(sampling)) if self._worker else \
             self._generator.generate(rows, asdict(sampling))
         if [r["id"] for r in out] != [r.id for r in requests]:
             raise RuntimeError("vLLM worker returned completions for other requests")
-        return [Completion(**r) for r in out]
+        report_context(out, sampling.max_new_tokens, self._max_model_len)
+        return [Completion(**{k: v for k, v in r.items() if k not in ("prompt_tokens", "capped")}) for r in out]
 
     def close(self) -> None:
         if self._worker:
@@ -81,11 +85,28 @@ class VLLMEngine:
             self._generator = None
 
 
+def report_context(rows: list[dict], max_new_tokens: int, max_model_len: int | None) -> None:
+    """Log the requests the context did not hold: prompts that fill it (not generated, finish
+    reason prompt_too_long, so their rows drop as empty) and answers given less than max_new_tokens."""
+    from synpo.progress import log
+
+    limit = f"engine.max_model_len={max_model_len}" if max_model_len else "the model's context length"
+    too_long = sum(r["finish_reasons"][:1] == ["prompt_too_long"] for r in rows)
+    capped = sum(bool(r.get("capped")) for r in rows)
+    if too_long:
+        longest = max(r["prompt_tokens"] for r in rows)
+        log(f"[yellow]vllm[/yellow]: {too_long} of {len(rows)} prompts fill {limit} (the longest {longest} tokens) "
+            "and were not generated; their rows are dropped")
+    if capped:
+        log(f"[yellow]vllm[/yellow]: {capped} of {len(rows)} prompts leave less than max_new_tokens={max_new_tokens} "
+            f"within {limit}: those answers were capped; raise engine.max_model_len")
+
+
 class WorkerProcess:
     """vllm_worker.py in a child process, spoken to one JSON line at a time."""
 
     def __init__(self, python: str, options: dict):
-        from synpo.processes import die_with_parent
+        from synpo.processes import popen_kept
         from synpo.progress import log, quiet
 
         if not Path(python).exists():
@@ -96,16 +117,18 @@ class WorkerProcess:
         # synpo's PYTHONPATH has no business in vLLM's environment. PR_SET_PDEATHSIG fires when the
         # *thread* that started the worker ends: start engines from the thread that uses them.
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-        self._proc = subprocess.Popen([python, str(WORKER), json.dumps(options)], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                                      preexec_fn=die_with_parent)
+        # Under a keeper (synpo.processes): vLLM's engine core, a grandchild on the GPU, ends with it.
+        self._proc = popen_kept([python, str(WORKER), json.dumps(options)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self._tail: collections.deque[str] = collections.deque(maxlen=30)
         self._stderr = threading.Thread(target=self._pump_stderr, daemon=True)
         self._stderr.start()
         try:
             ready = self._receive()
         except (RuntimeError, KeyboardInterrupt) as e:
-            self._proc.kill()
+            from synpo.processes import stop
+
+            stop(self._proc)
             self.close()
             if "No module named 'vllm'" in str(e):
                 raise UserError(f"engine.python: {python} cannot import vllm; build a vLLM environment with "
@@ -160,7 +183,8 @@ class WorkerProcess:
                 self._proc.stdin.close()
                 self._proc.wait(timeout=120)
             except (OSError, subprocess.TimeoutExpired):
-                self._proc.kill()
-                self._proc.wait()
+                from synpo.processes import stop
+
+                stop(self._proc)  # the keeper ends the engine core too
         self._stderr.join(timeout=5)
         shutil.rmtree(self._dir, ignore_errors=True)

@@ -86,6 +86,18 @@ def template_end_of_turn_ids(tokenizer) -> list[int]:
     return next(([i] for i in ids if i in special), [])
 
 
+PROMPT_TOO_LONG = "prompt_too_long"  # the finish reason of a request whose prompt fills the context
+
+
+def context_budgets(prompt_lengths: list[int], max_new_tokens: int, limit: int | None) -> list[int]:
+    """Tokens each request may generate within a context of `limit` tokens: max_new_tokens where the
+    prompt leaves that much room, less where it does not (the answer is capped), 0 where the prompt
+    alone fills the context (vLLM would reject it, and with it the whole batch)."""
+    if limit is None:
+        return [max_new_tokens] * len(prompt_lengths)
+    return [max(0, min(max_new_tokens, limit - n)) for n in prompt_lengths]
+
+
 def stop_token_ids(eos, tokenizer) -> list[int]:
     """Ids that end an answer: the generation config's eos ids `eos` (None, one or several), the
     tokenizer's eos, and the chat template's end-of-turn token."""
@@ -125,6 +137,7 @@ class Generator:
             kwargs.update(enable_lora=True, max_loras=1, max_lora_rank=lora_rank(adapter))
             self.lora = LoRARequest("adapter", 1, adapter)
         self.llm = LLM(**kwargs)
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
     def _end_of_turn_ids(self, model: str, generation_config_cls) -> list[int]:
         """As the hf engine: the generation config's eos ids, the tokenizer's and the template's end of turn."""
@@ -146,20 +159,30 @@ class Generator:
         greedy = sampling["temperature"] == 0
         n = sampling["n"]
         stop = list(sampling.get("stop") or [])
+        ids = [self.render(r["messages"]) for r in requests]
+        budgets = context_budgets([len(x) for x in ids], sampling["max_new_tokens"], self.max_model_len)
+        run = [i for i, b in enumerate(budgets) if b > 0]
         params = [SamplingParams(n=1 if greedy else n, temperature=sampling["temperature"],
-                                 top_p=1.0 if greedy else sampling["top_p"], max_tokens=sampling["max_new_tokens"],
+                                 top_p=1.0 if greedy else sampling["top_p"], max_tokens=budgets[i],
                                  stop=stop or None, stop_token_ids=self.stop_ids,
-                                 seed=request_seed(sampling["seed"], i))
-                  for i in range(len(requests))]
-        prompts = [TokensPrompt(prompt_token_ids=self.render(r["messages"])) for r in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
+                                 seed=request_seed(sampling["seed"], i) if requests[i].get("seed") is None
+                                 else requests[i]["seed"])
+                  for i in run]
+        prompts = [TokensPrompt(prompt_token_ids=ids[i]) for i in run]
+        outputs = dict(zip(run, self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
+                           if run else []))
         rows = []
-        for request, output in zip(requests, outputs):
-            samples = [self._sample(o, stop) for o in output.outputs]
+        for i, request in enumerate(requests):
+            if i not in outputs:  # one over-long prompt must not fail the others: an empty answer, marked
+                rows.append({"id": request["id"], "texts": [""] * n, "finish_reasons": [PROMPT_TOO_LONG] * n,
+                             "num_tokens": [0] * n, "prompt_tokens": len(ids[i]), "capped": False})
+                continue
+            samples = [self._sample(o, stop) for o in outputs[i].outputs]
             if greedy:  # every greedy sample is the same: decode once (vLLM refuses n > 1 at temperature 0)
                 samples = samples * n
             rows.append({"id": request["id"], "texts": [s[0] for s in samples],
-                         "finish_reasons": [s[1] for s in samples], "num_tokens": [s[2] for s in samples]})
+                         "finish_reasons": [s[1] for s in samples], "num_tokens": [s[2] for s in samples],
+                         "prompt_tokens": len(ids[i]), "capped": budgets[i] < sampling["max_new_tokens"]})
         return rows
 
     def _sample(self, output, stop: list[str]) -> tuple[str, str, int]:

@@ -207,7 +207,7 @@ def _official_package():
             raise UserError("eval.alpaca_eval_backend: official: the alpaca_eval package imports pkg_resources, "
                             "which setuptools>=81 no longer has: pip install 'setuptools<81'") from None
         raise UserError("eval.alpaca_eval_backend: official needs the alpaca_eval package "
-                        "(pip install 'synpo[alpaca_eval]'), or use the builtin backend") from None
+                        "(pip install 'synpo[alpaca-eval]'), or use the builtin backend") from None
     return alpaca_eval
 
 

@@ -2,8 +2,9 @@
 
 Each (prompt, response) pair is rendered as a two-turn conversation with the reward model's
 *own* chat template (its tokenizer's, not the policy's), tokenized without extra special
-tokens (the template decides BOS), and cut to `scorer.max_length` tokens (the first tokens
-are kept; a cut row is counted and logged, since its score reads an unfinished answer).
+tokens (the template decides BOS), and cut to `scorer.max_length` tokens (the BOS and the
+last tokens are kept, so the response and the assistant header before it survive; a cut row
+is counted and logged).
 
 Batching gives the same scores as one pair at a time:
 - rows are sorted by length, so a batch pads little, and padded on the *right*, so real
@@ -56,12 +57,47 @@ def needs_remote_code(config: dict | None) -> str | None:
     return auto_map.get("AutoModelForSequenceClassification")
 
 
-def check_remote_code(path: str, trust_remote_code: bool, field: str = "scorer", config: dict | None = None) -> None:
-    """UserError when the model needs its own code and the recipe did not say it trusts it."""
+def check_remote_code(path: str, trust_remote_code: bool, field: str = "scorer", config: dict | None = None,
+                      import_code: bool = True) -> None:
+    """UserError when the model needs its own code and the recipe did not say it trusts it, or (import_code)
+    when that code does not import."""
     custom = needs_remote_code(config if config is not None else read_model_config(path))
     if custom and not trust_remote_code:
         raise UserError(f"{field}.path: {path} ships its own model code ({custom}); it runs only if the recipe "
                         f"says so: set {field}.trust_remote_code: true (read the code first)")
+    if custom and import_code:
+        import_remote_class(path, custom, field)
+
+
+def import_remote_class(path: str, custom: str, field: str = "scorer"):
+    """The model's own class, imported (no weights): code that no longer imports with the installed
+    transformers stops the run here, not at the first scoring stage hours into it."""
+    import transformers
+    from transformers.dynamic_module_utils import get_class_from_dynamic_module
+
+    remote_code_shims()
+    local = Path(path).expanduser()
+    try:
+        return get_class_from_dynamic_module(custom, str(local) if local.is_dir() else path)
+    except Exception as e:  # noqa: BLE001 - whatever the remote module raises while importing
+        file = custom.rsplit(".", 1)[0].split("--")[-1] + ".py"
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{field}.path: {path}: its own model code ({file}) does not import with transformers "
+                        f"{transformers.__version__}: {type(e).__name__}: {first}") from None
+
+
+def remote_code_shims() -> None:
+    """Names reward models' own code imports that transformers 5 removed, put back as what they were.
+
+    ArmoRM's modeling_custom.py does `from transformers.models.llama.modeling_llama import
+    LLAMA_INPUTS_DOCSTRING` only to pass it to `add_start_docstrings_to_model_forward` (which
+    transformers 5 kept): it is the text of a docstring, nothing runs it. The rest of what that file
+    calls still works in transformers 5 (`config.use_return_dict`, and the backbone's
+    `past_key_values=` / `output_attentions=` / `return_dict=` arguments, renamed or taken as kwargs)."""
+    from transformers.models.llama import modeling_llama
+
+    if not hasattr(modeling_llama, "LLAMA_INPUTS_DOCSTRING"):
+        modeling_llama.LLAMA_INPUTS_DOCSTRING = ""
 
 
 class RewardModelScorer:
@@ -109,6 +145,8 @@ class RewardModelScorer:
         trust = self.cfg.trust_remote_code
         self._load_tokenizer()
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        if trust:
+            remote_code_shims()
         model = load_pretrained(AutoModelForSequenceClassification.from_pretrained, self.path, "reward model",
                                 dtype=dtype, trust_remote_code=trust, use_safetensors=True)
         self.model = model.to(device).eval()
@@ -134,8 +172,11 @@ class RewardModelScorer:
         text = self.tokenizer.apply_chat_template(messages, tokenize=False)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > self.cfg.max_length:
+            # Keep the end: the response, the assistant header before it (ArmoRM gates on it and raises
+            # without it) and the last token the head reads; the prompt's start goes, BOS kept.
             self.truncated += 1
-            ids = ids[: self.cfg.max_length]
+            head = ids[:1] if ids[0] == self.tokenizer.bos_token_id else []
+            ids = head + ids[len(ids) - (self.cfg.max_length - len(head)):]
         return ids
 
     def valid(self, prompts):

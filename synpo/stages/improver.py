@@ -72,16 +72,19 @@ def improver_data(inputs: ImproverData, policy: str, seed_rows: list[dict], out:
     completions = generate(policy, requests, sampling_of(inputs.seed_sampling, stage_seed(inputs.seed, "sampling")),
                            base=inputs.base, engine=inputs.engine, shard_dir=work / "shards",
                            desc=f"round {t}: π_{t - 1} on seed")
-    prompts = [r["prompt"] for r in seed_rows]
-    drafts = [c.text for c in completions]
-    gaps = score_gaps(scorer, prompts, [r["response"] for r in seed_rows], drafts)
+    # A draft cut at max_new_tokens is not an answer R_t will be asked to improve (step 4 rewrites
+    # finished answers; unfinished ones drop before pairs): it would teach rewriting half-answers.
+    finished = [(r, c.text) for r, c in zip(seed_rows, completions) if c.finish_reasons[0] == "stop"]
+    gaps = score_gaps(scorer, [r["prompt"] for r, _ in finished], [r["response"] for r, _ in finished],
+                      [d for _, d in finished]) if finished else []
     rng, keep_below = random.Random(stage_seed(inputs.seed, "keep")), inputs.keep_below_gap
     rows = [{"id": r["id"], "prompt": r["prompt"], "draft": d, "target": r["response"], "gap": round(g, 4),
              "round": t, "stage": "improver_data", "model": f"policy_{t - 1}"}
-            for r, d, g in zip(seed_rows, drafts, gaps)
+            for (r, d), g in zip(finished, gaps)
             if not math.isnan(g) and (g > inputs.gap or (keep_below and rng.random() < keep_below))]
     write_jsonl(out, rows)
-    return {"seed": len(seed_rows), "over_gap": sum(g > inputs.gap for g in gaps), "kept": len(rows),
+    return {"seed": len(seed_rows), "dropped_unfinished_drafts": len(seed_rows) - len(finished),
+            "over_gap": sum(g > inputs.gap for g in gaps), "kept": len(rows),
             "unscored": sum(math.isnan(g) for g in gaps), "mean_gap": round(finite_mean(gaps), 4)}
 
 

@@ -45,6 +45,8 @@ def repetition(text: str, n: int = 3) -> float:
 
 def degenerate(text: str, finish_reason: str, max_repetition: float, n: int) -> str | None:
     """Why a response is unusable, or None."""
+    if finish_reason == "prompt_too_long":  # the engine generated nothing (engines/vllm_worker.py)
+        return "prompt_too_long"
     if not text.strip():
         return "empty"
     if finish_reason == "length":

@@ -16,7 +16,7 @@ from typing import Literal
 
 from synpo.processes import run_child
 from synpo.recipe import ModelConfig, PolicyTrainConfig, TrainConfig
-from synpo.training.distributed import accelerate_command, read_accelerate_config, threads_per_rank
+from synpo.training.distributed import accelerate_command, read_accelerate_config, threads_per_rank, visible_gpus
 from synpo.training.job import Tracking, TrainingJob
 
 
@@ -37,9 +37,11 @@ def tracking_for(report_to: list[str], logs: Path) -> Tracking | None:
     return Tracking(report_to=report_to, dir=str(run_dir / "tracking"), stage=logs.stem, run=run_dir.resolve().name)
 
 
-def run_training(job: TrainingJob, *, isolate: Literal["auto", "always", "never"], logs: Path) -> dict:
-    """Run the job in this process, as a child (`isolate`), or under accelerate launch; returns its metrics."""
-    acc = read_accelerate_config(job.train)
+def run_training(job: TrainingJob, *, isolate: Literal["auto", "always", "never"], logs: Path,
+                 gpus: int | None = None) -> dict:
+    """Run the job in this process, as a child (`isolate`), or under accelerate launch; returns its metrics.
+    `gpus`: runtime.gpus (None: the visible GPUs)."""
+    acc = read_accelerate_config(job.train, gpus or (visible_gpus() if job.train.accelerate_config else None))
     if acc.distributed:
         job = job.model_copy(update={"threads": threads_per_rank(job.threads, acc.processes)})
     job_path = Path(job.work_dir) / "job.json"
@@ -63,6 +65,7 @@ class Launch:
     isolate: Literal["auto", "always", "never"] = "auto"
     threads: int | None = None
     report_to: tuple[str, ...] = ()
+    gpus: int | None = None
 
 
 def train(kind: Literal["sft", "preference"], model: str, data: Path, cfg: TrainConfig | PolicyTrainConfig,
@@ -72,4 +75,4 @@ def train(kind: Literal["sft", "preference"], model: str, data: Path, cfg: Train
     job = TrainingJob(kind=kind, model=str(model), base=base, data=str(data), output=str(out), work_dir=str(work),
                       seed=seed, merge=kind == "preference", train=cfg, threads=launch.threads,
                       tracking=tracking_for(list(launch.report_to), logs))
-    return run_training(job, isolate=launch.isolate, logs=logs)
+    return run_training(job, isolate=launch.isolate, logs=logs, gpus=launch.gpus)

@@ -31,6 +31,15 @@ def drop_long_prompts(rows: list[dict], tokenizer, max_length: int) -> tuple[lis
     return kept, len(rows) - len(kept)
 
 
+def drop_cut_answers(rows: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
+    """SFT rows whose whole conversation fits in max_length, and how many did not. TRL would cut
+    such a row's answer at max_length: the model would learn the answer without its end (no end of
+    turn), i.e. not to stop. Dropped and counted instead."""
+    kept = [r for r in rows if len(tokenizer.apply_chat_template(r["prompt"] + r["completion"], tokenize=True,
+                                                                 return_dict=True)["input_ids"]) <= max_length]
+    return kept, len(rows) - len(kept)
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     while n < min(len(a), len(b)) and a[n] == b[n]:

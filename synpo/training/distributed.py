@@ -22,7 +22,8 @@ class AccelerateConfig:
     settings: dict = field(default_factory=dict)
     """Its YAML ({} without a file)."""
     processes: int = 1
-    """train.num_processes, else the file's num_processes, else 1."""
+    """The section's num_processes, else (with a config file) the run's GPUs, else the file's
+    num_processes, else 1."""
 
     @property
     def distributed(self) -> bool:
@@ -30,8 +31,16 @@ class AccelerateConfig:
         return self.path is not None or self.processes > 1
 
 
-def read_accelerate_config(cfg: TrainConfig) -> AccelerateConfig:
-    """The train section's accelerate config and the number of processes it trains on."""
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def read_accelerate_config(cfg: TrainConfig, gpus: int | None = None) -> AccelerateConfig:
+    """The train section's accelerate config and the number of processes it trains on. `gpus`: the
+    run's GPU count (runtime.gpus, or the visible GPUs); with a config file it decides the processes
+    unless the section sets num_processes, so every training stage follows one setting."""
     if not cfg.accelerate_config:
         return AccelerateConfig(path=None, processes=cfg.num_processes or 1)
     import yaml
@@ -41,7 +50,7 @@ def read_accelerate_config(cfg: TrainConfig) -> AccelerateConfig:
         raise UserError(f"accelerate_config: file does not exist: {cfg.accelerate_config}")
     settings = yaml.safe_load(path.read_text()) or {}
     return AccelerateConfig(path=path, settings=settings,
-                            processes=cfg.num_processes or int(settings.get("num_processes") or 1))
+                            processes=cfg.num_processes or gpus or int(settings.get("num_processes") or 1))
 
 
 def accelerate_command(acc: AccelerateConfig) -> list[str]:

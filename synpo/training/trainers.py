@@ -163,7 +163,8 @@ def _training_data(job: TrainingJob, tokenizer):
     dataset is published with `publish_dir_once`: whichever rank renames first wins, and all load it.
 
     Rows whose prompt alone fills max_length are dropped first and counted (returned with the data):
-    they leave no answer token to train on (TRL's SimPO would make that a NaN loss)."""
+    they leave no answer token to train on (TRL's SimPO would make that a NaN loss). SFT rows whose
+    answer would be cut at max_length are dropped and counted too (chat_ids.drop_cut_answers)."""
     import hashlib
     import json
 
@@ -173,16 +174,23 @@ def _training_data(job: TrainingJob, tokenizer):
 
     columns = ("prompt", "completion") if job.kind == "sft" else ("prompt", "chosen", "rejected")
     from synpo.errors import UserError
-    from synpo.training.chat_ids import drop_long_prompts
+    from synpo.training.chat_ids import drop_cut_answers, drop_long_prompts
 
     rows = [{k: r[k] for k in columns} for r in read_jsonl(job.data)]
     if job.kind == "preference" and job.train.loss == "sft":  # the chosen side only, as SFT rows
         rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows]
     max_length = job.train.max_length
-    rows, dropped = drop_long_prompts(rows, tokenizer, max_length)
+    rows, long_prompts = drop_long_prompts(rows, tokenizer, max_length)
     if not rows:
         raise UserError(f"{job.data}: every row's prompt fills train.max_length ({max_length} tokens); "
                         "raise max_length")
+    cut = 0
+    if "completion" in rows[0]:
+        rows, cut = drop_cut_answers(rows, tokenizer, max_length)
+        if not rows:
+            raise UserError(f"{job.data}: no row's conversation fits in train.max_length ({max_length} tokens); "
+                            "raise max_length")
+    dropped = {"long_prompts": long_prompts, "cut_answers": cut}
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(job.work_dir) / f"dataset-{digest}"
     with publish_dir_once(path) as tmp:
@@ -191,35 +199,43 @@ def _training_data(job: TrainingJob, tokenizer):
     return load_from_disk(str(path)), dropped
 
 
+def mlflow_store(tracking_dir: Path) -> str:
+    """The default MLflow tracking URI of a run: an SQLite file in RUN_DIR/tracking (local, no server)."""
+    return f"sqlite:///{(Path(tracking_dir) / 'mlflow.db').resolve()}"
+
+
 def _set_tracker_environment(tracking: Tracking | None) -> None:
     """The recipe's `logging.report_to`, with this job's place in the recipe run's tracking (the job is
     named RUN/STAGE): TensorBoard writes to RUN_DIR/tracking/tensorboard/<stage>; W&B groups a run's
     stages under the run's name; MLflow files them in an experiment named after the run, kept in
-    RUN_DIR/tracking/mlruns unless MLFLOW_TRACKING_URI says otherwise."""
+    in RUN_DIR/tracking/mlflow.db (an SQLite store: MLflow 3 refuses its file store) unless
+    MLFLOW_TRACKING_URI says otherwise."""
     if not tracking or not tracking.report_to:
         return
     root = Path(tracking.dir)
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(root / "tensorboard" / tracking.stage)
     os.environ["WANDB_RUN_GROUP"] = tracking.run
     os.environ.setdefault("WANDB_PROJECT", "synpo")  # the loop's own figures go to the same project
+    os.environ.setdefault("WANDB_DIR", str(root))  # beside the loop's run, not in whatever directory synpo ran from
     os.environ["MLFLOW_EXPERIMENT_NAME"] = tracking.run
-    os.environ.setdefault("MLFLOW_TRACKING_URI", (root / "mlruns").as_uri())
+    os.environ.setdefault("MLFLOW_TRACKING_URI", mlflow_store(root))
 
 
 def build_trainer(job: TrainingJob):
-    """The TRL trainer of `job`, its tokenizer and the rows dropped for a prompt filling
-    max_length: (trainer, tokenizer, dropped). Tokenised data: trainer.train_dataset."""
+    """The TRL trainer of `job`, its tokenizer and the rows dropped ({"long_prompts": rows whose prompt
+    fills max_length, "cut_answers": SFT rows it would cut}): (trainer, tokenizer, dropped). Tokenised
+    data: trainer.train_dataset."""
     from synpo.models import load_tokenizer
 
     tokenizer = load_tokenizer(job.model, trust_remote_code=job.base.trust_remote_code,
                                chat_template=job.base.chat_template)
     model = _prepare_model(job)
     data, dropped = _training_data(job, tokenizer)
-    if dropped:
+    if any(dropped.values()):
         from synpo.progress import log
 
-        log(f"training data: {dropped} row(s) dropped, their prompt fills train.max_length "
-            f"({job.train.max_length} tokens)")
+        log(f"training data: {dropped['long_prompts']} row(s) dropped, their prompt fills train.max_length "
+            f"({job.train.max_length} tokens); {dropped['cut_answers']} more whose answer it would cut")
     args = trl_arguments(job, str(Path(job.work_dir) / "trainer"))
     _set_tracker_environment(job.tracking)
     callbacks = _callbacks(job.train, model)
@@ -238,8 +254,21 @@ def build_trainer(job: TrainingJob):
 
         from synpo.training.chat_ids import SimPOTrainer
 
-        trainer = SimPOTrainer(args=CPOConfig(**args), **common)
+        trainer = SimPOTrainer(args=_reentrant_under_zero3(CPOConfig(**args), model), **common)
     return trainer, tokenizer, dropped
+
+
+def _reentrant_under_zero3(args, model):
+    """Reentrant activation checkpointing for an adapter under ZeRO-3, as TRL's SFT and DPO trainers
+    force it (TRL issue 2514): transformers 5 checkpoints non-reentrantly by default, and ZeRO-3's
+    partitioned frozen base weights break the non-reentrant recompute. TRL's CPOTrainer (SimPO) does
+    not do this; SimPO gets the same rule here."""
+    from accelerate.utils import is_peft_model
+
+    plugin = getattr(args, "deepspeed_plugin", None)
+    if is_peft_model(model) and args.gradient_checkpointing and plugin is not None and plugin.zero_stage == 3:
+        args.gradient_checkpointing_kwargs = {**(args.gradient_checkpointing_kwargs or {}), "use_reentrant": True}
+    return args
 
 
 def train(job: TrainingJob) -> dict:
@@ -252,7 +281,8 @@ def train(job: TrainingJob) -> dict:
     trainer_dir = trainer.args.output_dir
     result = trainer.train(resume_from_checkpoint=_resume_checkpoint(trainer_dir))
     metrics = {"train_loss": round(result.training_loss, 4), "steps": result.global_step,
-               "train_rows": len(trainer.train_dataset), "dropped_long_prompts": dropped,
+               "train_rows": len(trainer.train_dataset), "dropped_long_prompts": dropped["long_prompts"],
+               "dropped_cut_answers": dropped["cut_answers"],
                "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2)}  # the loop, not loading
     history = [h for h in trainer.state.log_history if "loss" in h]
     if history:
