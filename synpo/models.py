@@ -21,8 +21,10 @@ def check_model_path(path: str) -> None:
         if not (p / "config.json").is_file():
             raise UserError(f"{path}: not a model directory (no config.json); point to a saved Hugging Face model")
         return
+    if p.is_file() and p.name.lower().endswith(".gguf"):
+        return  # converted into a checkpoint directory when the run starts (synpo.gguf)
     if p.exists():
-        raise UserError(f"{path}: is a file, not a model directory")
+        raise UserError(f"{path}: is a file, not a model directory (nor a .gguf file)")
     if not _HUB_ID.match(path) or path.startswith((".", "/", "~")):
         raise UserError(f"{path}: model path does not exist")
 

@@ -20,7 +20,8 @@ from synpo.io import read_json, read_jsonl
 from synpo.recipe import MonitorsConfig
 from synpo.run import round_name
 
-HEADLINE = {"toy": "exact_match", "alpaca_eval": "lc_win_rate", "arena_hard": "win_rate", "mt_bench": "score"}
+HEADLINE = {"toy": "exact_match", "alpaca_eval": "lc_win_rate", "arena_hard": "win_rate", "mt_bench": "score",
+            "ifeval": "prompt_level_strict_acc"}
 STOP_FILE = "monitors_stop.json"
 
 
@@ -28,6 +29,8 @@ def suite_answers(eval_dir: Path, suite: str) -> list[str] | None:
     """The model's answers that a suite's evaluation wrote (None if it wrote none)."""
     if suite == "toy" and (eval_dir / "outputs.jsonl").exists():
         return [r["output"] for r in read_jsonl(eval_dir / "outputs.jsonl")]
+    if suite == "ifeval" and (eval_dir / "outputs.jsonl").exists():
+        return [r["response"] for r in read_jsonl(eval_dir / "outputs.jsonl")]
     if suite == "alpaca_eval" and (eval_dir / "model_outputs.json").exists():
         return [r["output"] for r in read_json(eval_dir / "model_outputs.json")]
     if suite == "arena_hard" and (eval_dir / "model_answer.jsonl").exists():

@@ -101,7 +101,8 @@ VLLM_MAX_SEQS = 256
 QUANT_BYTES = {"4bit": 0.516, "8bit": 1.0}
 ENCODERS = {"bert", "roberta", "deberta", "deberta-v2", "xlm-roberta", "electra"}
 NON_GATED = ENCODERS | {"gpt2", "gpt_neox", "opt", "falcon", "gptj", "bloom", "phi"}
-EVAL_SIZES = {"alpaca_eval": 805, "arena_hard": 500, "mt_bench": 160}  # mt_bench: 80 questions x 2 turns
+EVAL_SIZES = {"alpaca_eval": 805, "arena_hard": 500, "mt_bench": 160,  # mt_bench: 80 questions x 2 turns
+              "ifeval": 541}
 LORA_NAMES = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 # Peak dense bf16 tensor FLOP/s and memory bandwidth (bytes/s) of one GPU, from NVIDIA's data
@@ -242,6 +243,10 @@ def preset_path(model: str) -> Path:
 def read_config(model: str) -> tuple[dict, str]:
     """(config.json, where it came from) for a local directory, a shipped preset, or a hub id."""
     local = Path(resolve_path(model)).expanduser()
+    from synpo.gguf import checkpoint, is_gguf
+
+    if is_gguf(local):  # θ0 as a GGUF file: its converted checkpoint's config (converted once, cached)
+        local = Path(checkpoint(local))
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise UserError(f"{model}: no config.json in this directory")
@@ -684,7 +689,8 @@ def build_plan(recipe: Recipe, gpus: GPUs | None = None) -> tuple[list[Step], di
         copies = r.scorer.data_parallel_size
         workers = f" x{copies}" if (copies or 1) > 1 else " x GPUs" if copies is None else ""
         label = {"toy": "toy checker (CPU)", "reward_model": f"reward model, batch {r.scorer.batch_size}{workers}",
-                 "pairwise": f"PairRM compare{workers}", "judge": "LLM judge (API)"}[kind]
+                 "pairwise": f"PairRM compare{workers}", "judge": "LLM judge (API)",
+                 "yes_no": f"local LM P(Yes), batch {r.scorer.batch_size} (not sized)"}[kind]
         model = Path(r.scorer.path).name if r.scorer.path else (r.scorer.judge.model if r.scorer.judge else "toy")
         length = min(r.scorer.max_length, length or r.scorer.max_length)
         load = None if scorer_arch is None or count is None else Load("score", scorer_arch, sides * count,

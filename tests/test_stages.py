@@ -140,7 +140,7 @@ def test_build_pairs_keeps_improvements_over_the_gap(tmp_path):
     ]
     refined = [
         {"id": "a", "refined": "1, 2, 3", "finish_reason": "stop"},  # better: kept
-        {"id": "b", "refined": "1, 2, 3", "finish_reason": "stop"},  # no gain: below gap
+        {"id": "b", "refined": "1, 2, 3", "finish_reason": "stop"},  # left as it was: identical sides
         {"id": "c", "refined": "1, 2, 3", "finish_reason": "stop"},  # rejected side truncated
         {"id": "d", "refined": "1, 2, 3", "finish_reason": "stop"},  # better: kept
     ]
@@ -151,13 +151,34 @@ def test_build_pairs_keeps_improvements_over_the_gap(tmp_path):
                           tmp_path / "pairs.jsonl", ToyScorer())
     pairs = read_jsonl(tmp_path / "pairs.jsonl")
     assert summary["candidates"] == 4 and summary["kept"] == 1
-    assert summary["dropped_below_gap"] == 1 and summary["dropped_degenerate_truncated"] == 1
+    assert summary["dropped_identical"] == 1 and summary["dropped_degenerate_truncated"] == 1
     assert summary["dropped_over_budget"] == 1
     (pair,) = pairs
     assert pair["id"] in {"a", "d"}
     assert pair["prompt"] == [{"role": "user", "content": p}]
     assert pair["chosen"] == [{"role": "assistant", "content": "1, 2, 3"}]
     assert pair["gap"] > 0.05 and pair["round"] == 1 and pair["chosen_model"] == "improver_1"
+
+
+def test_build_pairs_drops_a_pair_whose_sides_are_the_same_text(tmp_path):
+    """SmolLM2's improver sometimes returns the draft unchanged; with a gap threshold at or below 0 (a scorer
+    whose units are not known yet) such a pair would be kept and train on chosen == rejected."""
+    from synpo.io import write_jsonl
+    from synpo.recipe import Recipe
+    from synpo.scoring import ToyScorer
+    from synpo.stages.pairs import build_pairs
+
+    p = "Sort these numbers in ascending order: 3, 1, 2"
+    write_jsonl(tmp_path / "responses.jsonl", [
+        {"id": i, "prompt": p, "response": r, "initial_response": r, "initial_finish": "stop"}
+        for i, r in (("same", "1, 2, 3"), ("other", "3, 1, 2"))])
+    write_jsonl(tmp_path / "refined.jsonl", [{"id": "same", "refined": "1, 2, 3 ", "finish_reason": "stop"},
+                                             {"id": "other", "refined": "1, 2, 3", "finish_reason": "stop"}])
+    recipe = Recipe.model_validate({"pairs": {"gap": -1.0}})
+    summary = build_pairs(_pair_building(recipe), tmp_path / "responses.jsonl", tmp_path / "refined.jsonl",
+                          tmp_path / "pairs.jsonl", ToyScorer())
+    assert summary["kept"] == 1 and summary["dropped_identical"] == 1
+    assert [r["id"] for r in read_jsonl(tmp_path / "pairs.jsonl")] == ["other"]
 
 
 class CountingEngine:

@@ -2,8 +2,8 @@
 
 Each file is looked up in this order (the first that exists wins):
   1. the data directory `eval.data_dir` (`--data-dir`), when it is set;
-  2. the copies shipped inside synpo (`synpo/evals/data`, Apache-2.0: Arena-Hard v0.1 and
-     MT-Bench; see SOURCES.md there).
+  2. the copies shipped inside synpo (`synpo/evals/data`, Apache-2.0: Arena-Hard v0.1,
+     MT-Bench and IFEval; see SOURCES.md there).
 AlpacaEval's set is CC BY-NC 4.0 and not shipped: it must be in the data directory.
 Nothing else is searched: the same recipe reads the same files wherever synpo is installed.
 """
@@ -24,6 +24,7 @@ FILES = {
                    "baseline": "arena_hard/v0.1/model_answer/gpt-4-0314.jsonl"},
     "mt_bench": {"questions": "mt_bench/question.jsonl",
                  "references": "mt_bench/reference_answer/gpt-4.jsonl"},
+    "ifeval": {"prompts": "ifeval/input_data.jsonl"},
 }
 HOW_TO_GET = {
     "alpaca_eval": "copy results/gpt4_1106_preview/model_outputs.json of github.com/tatsu-lab/alpaca_eval "
@@ -113,7 +114,16 @@ def load_mt_bench(data_dir: str | None) -> list[dict]:
              "turns": q["turns"], "references": references.get(q["question_id"])} for q in questions]
 
 
-LOADERS = {"alpaca_eval": load_alpaca_eval, "arena_hard": load_arena_hard, "mt_bench": load_mt_bench}
+def load_ifeval(data_dir: str | None) -> list[dict]:
+    """The 541 IFEval prompts: {id, key, prompt, instruction_id_list, kwargs} (input_data.jsonl's fields)."""
+    path = find("ifeval", "prompts", data_dir)
+    rows = _read_jsonl(path)
+    _need(path, rows, ["key", "prompt", "instruction_id_list", "kwargs"])
+    return [{"id": f"ifeval-{r['key']}", **r} for r in rows]
+
+
+LOADERS = {"alpaca_eval": load_alpaca_eval, "arena_hard": load_arena_hard, "mt_bench": load_mt_bench,
+           "ifeval": load_ifeval}
 
 
 def load_suite(suite: str, data_dir: str | None, limit: int | None = None, seed: int = 0) -> list[dict]:
@@ -133,6 +143,6 @@ def suite_prompts(suite: str, data_dir: str | None) -> list[str]:
     rows = LOADERS[suite](data_dir)
     if suite == "alpaca_eval":
         return [r["instruction"] for r in rows]
-    if suite == "arena_hard":
+    if suite in ("arena_hard", "ifeval"):
         return [r["prompt"] for r in rows]
     return [turn for r in rows for turn in r["turns"]]

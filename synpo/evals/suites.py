@@ -18,9 +18,9 @@ from synpo.evals.inputs import SuiteInputs
 
 def run_suite(suite: str, inputs: SuiteInputs, engine, out_dir: Path, work: Path) -> dict:
     """Run one judged suite; returns its metrics (see the module docstring)."""
-    from synpo.evals import alpaca_eval, arena_hard, mt_bench
+    from synpo.evals import alpaca_eval, arena_hard, ifeval, mt_bench
 
-    modules = {"alpaca_eval": alpaca_eval, "arena_hard": arena_hard, "mt_bench": mt_bench}
+    modules = {"alpaca_eval": alpaca_eval, "arena_hard": arena_hard, "mt_bench": mt_bench, "ifeval": ifeval}
     if suite not in modules:
         raise UserError(f"eval.suites: unknown suite {suite}")
     cfg = inputs.eval
@@ -36,7 +36,7 @@ def run_suite(suite: str, inputs: SuiteInputs, engine, out_dir: Path, work: Path
 
 
 def eval_prompts(suites: list[str], data_dir: str | None) -> list[str]:
-    """Every prompt of the named suites (alpaca_eval, arena_hard, mt_bench, toy; all turns):
+    """Every prompt of the named suites (alpaca_eval, arena_hard, mt_bench, ifeval, toy; all turns):
     synthetic prompts must not overlap them."""
     from synpo.evals.datasets import LOADERS, suite_prompts
 
@@ -49,5 +49,5 @@ def eval_prompts(suites: list[str], data_dir: str | None) -> list[str]:
         elif suite in LOADERS:
             prompts += suite_prompts(suite, data_dir)
         else:
-            raise UserError(f"--suites: unknown suite {suite!r} (alpaca_eval, arena_hard, mt_bench, toy)")
+            raise UserError(f"--suites: unknown suite {suite!r} (alpaca_eval, arena_hard, mt_bench, ifeval, toy)")
     return prompts

@@ -9,6 +9,7 @@ the scorer's own units, and so are the recipe's gap thresholds τ (`improver.gap
 | `reward_model` | difference of the reward model's scores (its logit)      | ArmoRM 0.02   |
 | `pairwise`     | PairRM's logit(A over B) - logit(B over A), via compare  | PairRM 0.20   |
 | `judge`        | difference of judge ratings, points on a 1-10 scale      | -             |
+| `yes_no`       | difference of a local LM's P(Yes) / (P(Yes) + P(No))     | -             |
 
 `valid(prompts)` says which prompts the scorer can judge at all (only the toy checker knows
 invalid tasks; others accept every prompt). A scorer that only compares has
@@ -67,6 +68,10 @@ def make_scorer(cfg: ScorerConfig, device: str = "auto", ray_address: str | None
         from synpo.scoring.pairwise import PairwiseScorer
 
         return PairwiseScorer(cfg, device=device, ray_address=ray_address)
+    if cfg.kind == "yes_no":
+        from synpo.scoring.yes_no import YesNoScorer
+
+        return YesNoScorer(cfg, device=device)
     from synpo.scoring.judge import JudgeScorer
 
     return JudgeScorer(cfg)

@@ -92,6 +92,8 @@ def build_pairs(inputs: PairBuilding, responses: Path, refined: Path | None, out
         elif why := (degenerate(chosen, chosen_finish, cfg.max_repetition, cfg.repetition_ngram)
                      or degenerate(rejected, rejected_finish, cfg.max_repetition, cfg.repetition_ngram)):
             dropped[f"degenerate_{why}"] += 1
+        elif chosen.strip() == rejected.strip():  # an improver that left the answer as it was: nothing to prefer
+            dropped["identical"] += 1
         elif gap <= cfg.gap:
             dropped["below_gap"] += 1
         else:
