@@ -118,7 +118,9 @@ def eval_judged(args: argparse.Namespace) -> int:
     from synpo.stages.evaluate import evaluate_suite, headline
 
     recipe = eval_recipe(args)
-    if args.suite != "alpaca_eval" or recipe.eval.alpaca_eval_backend == "builtin":
+    judged = args.suite in ("arena_hard", "mt_bench") or (
+        args.suite == "alpaca_eval" and recipe.eval.alpaca_eval_backend == "builtin")  # ifeval: no judge
+    if judged:
         # the judge is asked only once every answer is in: a wrong one must stop us before that
         from synpo.preflight import probe_judge
 

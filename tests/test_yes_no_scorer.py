@@ -17,7 +17,7 @@ ANSWERS = ["The capital of France is Paris, a city on the Seine.", "Apple, banan
 def test_yes_no_needs_a_model_path(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("scorer:\n  kind: yes_no\n")
-    with pytest.raises(UserError, match="scorer: path: required when kind is yes_no"):
+    with pytest.raises(UserError, match="scorer.path: required when kind is yes_no"):
         load_recipe(recipe)
 
 
