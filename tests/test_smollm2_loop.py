@@ -30,7 +30,8 @@ SMALLEST = [
     "prompt_generator.train.batch_size=4", "prompt_generator.train.learning_rate=1e-4",
     "prompt_generator.sampling.temperature=0", "prompt_generator.sampling.max_new_tokens=48",
     "improver.gap=-1.0", "improver.train.max_steps=2", "improver.train.batch_size=2",
-    "improver.seed_sampling.max_new_tokens=16", "improver.sampling.max_new_tokens=192",
+    "improver.seed_sampling.max_new_tokens=192", "improver.train.max_length=1024",
+    "improver.sampling.max_new_tokens=192",
     "responses.sampling.max_new_tokens=192", "pairs.gap=-1.0", "train.max_steps=2", "train.batch_size=2",
     "eval.limit=3", "eval.sampling.max_new_tokens=16",
 ]
