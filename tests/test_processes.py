@@ -97,6 +97,14 @@ def test_a_command_that_exits_ends_what_it_left_running():
         kill_leftovers(marker, -1)
 
 
+def sigkill_then_nothing_left(synpo: subprocess.Popen, marker: str) -> None:
+    """SIGKILL synpo; within 10 s no process of its run (by session or marker) may be left."""
+    os.kill(synpo.pid, signal.SIGKILL)
+    synpo.wait()
+    left = wait_for(lambda: not run_processes(marker, synpo.pid), 10) or run_processes(marker, synpo.pid)
+    assert left is True, left
+
+
 @pytest.mark.slow
 def test_sigkill_of_synpo_during_a_two_process_training_stage_leaves_no_process(tmp_path):
     marker = uuid.uuid4().hex
@@ -113,10 +121,7 @@ def test_sigkill_of_synpo_during_a_two_process_training_stage_leaves_no_process(
         assert len(wait_for(lambda: len(ranks()) >= 2 and ranks(), 240, step=0.5) or []) >= 2, \
             run_processes(marker, synpo.pid)
         assert synpo.poll() is None
-        os.kill(synpo.pid, signal.SIGKILL)
-        synpo.wait()
-        left = wait_for(lambda: not run_processes(marker, synpo.pid), 10) or run_processes(marker, synpo.pid)
-        assert left is True, left
+        sigkill_then_nothing_left(synpo, marker)
     finally:
         kill_leftovers(marker, synpo.pid)
 
@@ -152,9 +157,6 @@ def test_sigkill_of_synpo_during_a_vllm_generation_stage_leaves_no_process():
         assert synpo.stdout.readline().strip() == "generating"
         tree = run_processes(marker, synpo.pid)
         assert any("vllm_worker.py" in c for _, c in tree) and len(tree) >= 4, tree  # + engine core, keeper
-        os.kill(synpo.pid, signal.SIGKILL)
-        synpo.wait()
-        left = wait_for(lambda: not run_processes(marker, synpo.pid), 10) or run_processes(marker, synpo.pid)
-        assert left is True, left
+        sigkill_then_nothing_left(synpo, marker)
     finally:
         kill_leftovers(marker, synpo.pid)
