@@ -177,14 +177,11 @@ class LocalServer:
         self._close_relay()
 
     def stop(self) -> None:
+        from synpo.processes import stop
+
         self._close_relay()
-        if self._proc and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc:
+            stop(self._proc)
 
     def __enter__(self) -> LocalServer:
         return self.start()
